@@ -1,0 +1,268 @@
+"""The HTTP surface: Starlette routes wired to the hub, the listener and the pool.
+
+Invariant: every request error is answered as JSON `{"error", "message"}`
+with a 4xx status before a stream starts; an unexpected failure is logged
+with its details and answered with a generic 503, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+import asyncpg
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from relay import logdb
+from relay.auth import Authenticator, AuthError, token_from
+from relay.catalog import Catalog
+from relay.dsn import as_url
+from relay.hub import SHUTDOWN, Hub
+from relay.listener import Listener
+from relay.principal import Principal
+from relay.settings import Settings
+from relay.stream import EventStream
+from relay.subscriptions import RequestError, SubscriptionSet, parse_subscriptions
+
+log = logging.getLogger("relay.app")
+
+MAX_POSITION = 2**63 - 1
+
+
+def error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status)
+
+
+def parse_last_event_id(value: str | None) -> tuple[int | None, bool]:
+    """(position, ignored): ASCII decimal fitting a signed 64-bit integer, else ignored."""
+    if value is None or value == "":
+        return None, False
+    if len(value) > 19 or not value.isascii() or not value.isdigit():
+        return None, True
+    n = int(value)
+    if n > MAX_POSITION:
+        return None, True
+    return n, False
+
+
+class Relay:
+    """The running relay: settings, pool, catalog, hub and listener of one process."""
+
+    def __init__(self, settings: Settings, dsn: str, secret: str) -> None:
+        self.settings = settings
+        self.dsn = dsn = as_url(dsn)
+        self.auth = Authenticator(secret, leeway=settings.jwt_leeway)
+        self.hub = Hub(keepalive_seconds=settings.keepalive_seconds)
+        self.catalog = Catalog()
+        self._catalog_loaded_at = 0.0
+        self._pool: asyncpg.Pool | None = None
+        self.listener = Listener(
+            dsn,
+            self.hub,
+            batch=settings.read_batch,
+            poll_seconds=settings.poll_seconds,
+            ready_max_lag=settings.ready_max_lag,
+            on_catalog_change=self.refresh_catalog,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "relay not started"
+        return self._pool
+
+    async def start(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self.dsn,
+            min_size=1,
+            max_size=10,
+            command_timeout=60,
+            server_settings={"application_name": "relay-reader"},
+        )
+        await self.refresh_catalog()
+        await self.listener.start_position()
+        self._tasks = [
+            asyncio.create_task(self.listener.run()),
+            asyncio.create_task(self.hub.run_keepalives()),
+        ]
+
+    async def stop(self) -> None:
+        self.hub.close_all(SHUTDOWN, {"status": SHUTDOWN, "retry": self.settings.retry_ms})
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await self.listener.stop()
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def refresh_catalog(self) -> None:
+        async with self.pool.acquire() as conn:
+            self.catalog = await logdb.load_catalog(conn)
+        self._catalog_loaded_at = time.monotonic()
+
+    def principal(self, request: Request) -> Principal:
+        token = token_from(request.headers, request.query_params, request.cookies)
+        return self.auth.verify(token)
+
+    async def parse(self, request: Request, principal: Principal) -> SubscriptionSet:
+        """Subscriptions of a request; an unknown table re-reads the catalog once."""
+        s = self.settings
+        params = request.query_params.multi_items()
+        for attempt in (1, 2):
+            try:
+                return parse_subscriptions(
+                    params,
+                    self.catalog,
+                    principal,
+                    max_subscriptions=s.max_subscriptions,
+                    max_filter_length=s.max_filter_length,
+                    max_in_values=s.max_in_values,
+                )
+            except RequestError as exc:
+                if (
+                    exc.code != "unknown_table"
+                    or attempt == 2
+                    or time.monotonic() - self._catalog_loaded_at < 0.5
+                ):
+                    raise
+                await self.refresh_catalog()
+        raise AssertionError("unreachable")
+
+    async def authorize_topics(self, principal: Principal, subs: SubscriptionSet) -> None:
+        if principal.is_service or not subs.topics:
+            return
+        claims = dict(principal.claims)
+        claims["org_ids"] = sorted(principal.orgs)
+        async with self.pool.acquire() as conn:
+            for topic in subs.topics:
+                if not await logdb.can_subscribe(conn, topic, claims):
+                    raise RequestError(
+                        403,
+                        "forbidden_topic",
+                        f"topic {topic[:80]!r}: this token may not read it "
+                        "(relay.can_subscribe denied)",
+                    )
+
+
+def _guarded(
+    handler: Callable[[Request], Awaitable[Response | ASGIApp]],
+) -> Callable[[Request], Awaitable[Response | ASGIApp]]:
+    async def run(request: Request) -> Response | ASGIApp:
+        try:
+            return await handler(request)
+        except RequestError as exc:
+            return error(exc.status, exc.code, exc.message)
+        except AuthError as exc:
+            return error(401, exc.code, exc.message)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
+            return error(503, "unavailable", "the database is unavailable; retry shortly")
+        except Exception:
+            log.exception("internal error on %s", request.url.path)
+            return error(503, "internal_error", "internal error (logged on the server)")
+
+    return run
+
+
+class _Endpoint:
+    """Adapts a handler that may return a raw ASGI app (the stream) to a route."""
+
+    def __init__(self, handler: Callable[[Request], Awaitable[Response | ASGIApp]]) -> None:
+        self.handler = _guarded(handler)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        if "\x00" in request.url.query or "%00" in request.url.query:
+            response: Response | ASGIApp = error(
+                400, "invalid_parameter", "NUL character is not allowed in parameters"
+            )
+        else:
+            response = await self.handler(request)
+        await response(scope, receive, send)
+
+
+def create_app(relay: Relay, *, start: bool = True) -> Starlette:
+    """The ASGI app; with `start` the lifespan starts and stops the relay."""
+    settings = relay.settings
+
+    async def stream(request: Request) -> Response | ASGIApp:
+        principal = relay.principal(request)
+        subs = await relay.parse(request, principal)
+        await relay.authorize_topics(principal, subs)
+        header = request.headers.get("last-event-id")
+        raw = header if header is not None else request.query_params.get("last_event_id")
+        last, ignored = parse_last_event_id(raw)
+        return EventStream(
+            hub=relay.hub,
+            pool=relay.pool,
+            principal=principal,
+            subs=subs,
+            last_event_id=last,
+            ignored_last_event_id=ignored,
+            retry_ms=settings.retry_ms,
+            max_events=settings.max_outbox_events,
+            max_bytes=settings.max_outbox_bytes,
+            read_batch=settings.read_batch,
+            expiry_margin=settings.token_expiry_margin,
+        )
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        lst = relay.listener
+        body: dict[str, Any] = {
+            "ready": lst.ready,
+            "connected": lst.connected,
+            "position": lst.position,
+            "streams": len(relay.hub.subscribers),
+        }
+        return JSONResponse(body, status_code=200 if lst.ready else 503)
+
+    async def index(request: Request) -> Response:
+        page = resources.files("relay").joinpath("static/index.html").read_text("utf-8")
+        return HTMLResponse(page)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if start:
+            await relay.start()
+        try:
+            yield
+        finally:
+            if start:
+                await relay.stop()
+
+    middleware = []
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_credentials=True,
+                allow_methods=["GET", "POST"],
+                allow_headers=["authorization", "content-type", "last-event-id"],
+            )
+        )
+    routes = [
+        Route("/", index, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/v1/stream", _Endpoint(stream), methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app.state.relay = relay
+    return app

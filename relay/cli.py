@@ -1,0 +1,249 @@
+"""The `relay` command: serve, demo, migrate, tail, token.
+
+Invariant: the relay never starts open by default: without
+`RELAY_JWT_SECRET` it refuses to serve, except in the embedded demo mode,
+which makes its own secret and prints a token for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from relay.settings import Settings
+
+
+def _setup_logging(settings: Settings) -> None:
+    from relay.logs import setup_logging
+
+    setup_logging(settings.log_format, settings.log_level)
+
+
+def _database(settings: Settings, *, demo_ok: bool) -> tuple[str, Any]:
+    """The DSN to use: RELAY_DATABASE_URL, or the embedded server (demo only)."""
+    if settings.database_url:
+        return settings.database_url, None
+    if not demo_ok:
+        sys.exit("relay: set RELAY_DATABASE_URL (or use `relay serve` for the embedded demo)")
+    from relay.embedded import start_embedded
+
+    print(f"relay: starting embedded PostgreSQL in {settings.data_dir}/pg ...", flush=True)
+    return start_embedded(settings.data_dir)
+
+
+def _serve(args: argparse.Namespace, *, with_worker: bool) -> None:
+    from relay.app import Relay, create_app
+    from relay.auth import make_token
+    from relay.migrate import migrate
+    from relay.server import make_server
+
+    settings = Settings()
+    if args.host:
+        settings.host = args.host
+    if args.port is not None:
+        settings.port = args.port
+    _setup_logging(settings)
+    embedded = not settings.database_url
+    dsn, server = _database(settings, demo_ok=True)
+    secret = settings.jwt_secret
+    if embedded:
+        from relay.embedded import demo_secret
+
+        applied = migrate(dsn, demo=True)
+        if applied:
+            print(f"relay: migrated ({', '.join(applied)})", flush=True)
+        secret = secret or demo_secret(settings.data_dir)
+    if not secret:
+        sys.exit(
+            "relay: RELAY_JWT_SECRET is not set; refusing to start without authentication "
+            "(unset RELAY_DATABASE_URL to run the embedded demo instead)"
+        )
+    relay = Relay(settings, dsn, secret)
+    app = create_app(relay)
+    url = f"http://{settings.host}:{settings.port}"
+    if embedded:
+        token = make_token(
+            secret, sub="demo-user", org_id="demo-org", role="service_role", ttl=86400
+        )
+        print(f"relay: demo token (service_role, 24 h): {token}", flush=True)
+        print(f"relay: open {url}/?access_token={token}", flush=True)
+    else:
+        print(f"relay: serving on {url}", flush=True)
+    uv = make_server(relay, app, settings.host, settings.port)
+
+    async def main() -> None:
+        worker: asyncio.Task[None] | None = None
+        if with_worker:
+            from relay.demo import run_worker
+
+            worker = asyncio.create_task(run_worker(dsn))
+        try:
+            await uv.serve()
+        finally:
+            if worker is not None:
+                worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
+
+    try:
+        asyncio.run(main())
+    finally:
+        if server is not None:
+            server.cleanup()
+
+
+def _migrate(args: argparse.Namespace) -> None:
+    from relay.migrate import migrate
+
+    settings = Settings()
+    if args.database_url:
+        settings.database_url = args.database_url
+    dsn, server = _database(settings, demo_ok=True)
+    try:
+        applied = migrate(dsn, demo=args.demo)
+    finally:
+        if server is not None:
+            server.cleanup()
+    print("relay: applied " + (", ".join(applied) if applied else "nothing (up to date)"))
+
+
+async def _tail(dsn: str, subs: Sequence[str], topics: Sequence[str]) -> None:
+    from relay.dsn import as_url
+
+    dsn = as_url(dsn)
+    import asyncpg
+
+    from relay import logdb
+    from relay.hub import Hub
+    from relay.listener import Listener
+    from relay.principal import SERVICE_ROLE, Principal
+    from relay.subscriptions import RequestError, parse_subscriptions
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        catalog = await logdb.load_catalog(conn)
+    finally:
+        await conn.close()
+    principal = Principal(sub=None, orgs=frozenset(), role=SERVICE_ROLE, exp=None, claims={})
+    params = [("sub", s) for s in subs] + [("topic", t) for t in topics]
+    try:
+        subset = parse_subscriptions(params, catalog, principal)
+    except RequestError as exc:
+        sys.exit(f"relay tail: {exc.message}")
+    hub = Hub()
+    listener = Listener(dsn, hub, application_name="relay-tail")
+    await listener.start_position()
+    sub = hub.subscribe(principal, subset, max_events=1_000_000, max_bytes=1 << 30)
+    sub.replaying = False
+    task = asyncio.create_task(listener.run())
+    try:
+        while True:
+            frames, closed = await sub.wait()
+            for frame in frames:
+                line = _frame_json(frame)
+                if line is not None:
+                    sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+            if closed:
+                return
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await listener.stop()
+
+
+def _frame_json(frame: bytes) -> str | None:
+    """An SSE frame as one JSON line `{"id", "event", "data"}` (None for comments)."""
+    out: dict[str, Any] = {}
+    for line in frame.decode().split("\n"):
+        key, _, value = line.partition(": ")
+        if key == "id":
+            out["id"] = int(value)
+        elif key == "event":
+            out["event"] = value
+        elif key == "data":
+            out["data"] = orjson.loads(value)
+    return orjson.dumps(out).decode() if "event" in out else None
+
+
+def _tail_cmd(args: argparse.Namespace) -> None:
+    settings = Settings()
+    dsn = args.database_url or settings.database_url
+    if not dsn:
+        sys.exit("relay tail: set RELAY_DATABASE_URL or pass --database-url")
+    if not args.subs and not args.topic:
+        sys.exit("relay tail: give at least one SUB (e.g. jobs:UPDATE) or --topic")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_tail(dsn, args.subs, args.topic or []))
+
+
+def _token_cmd(args: argparse.Namespace) -> None:
+    from relay.auth import make_token
+
+    settings = Settings()
+    secret = settings.jwt_secret
+    if not secret:
+        from relay.embedded import demo_secret
+
+        secret = demo_secret(settings.data_dir)
+    print(
+        make_token(
+            secret,
+            sub=args.sub,
+            org_ids=args.org or None,
+            role=args.role,
+            ttl=args.ttl,
+        )
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="relay", description="PostgreSQL row changes to browsers over SSE"
+    )
+    cmds = parser.add_subparsers(dest="cmd", required=True)
+    for name, help_ in (
+        ("serve", "run the relay (embedded Postgres when RELAY_DATABASE_URL is unset)"),
+        ("demo", "run the relay plus a simulated worker writing plain SQL"),
+    ):
+        p = cmds.add_parser(name, help=help_)
+        p.add_argument("--host", default=None)
+        p.add_argument("--port", type=int, default=None)
+    p = cmds.add_parser("migrate", help="install/upgrade the relay schema")
+    p.add_argument("--demo", action="store_true", help="also create the example tables")
+    p.add_argument("--database-url", default=None)
+    p = cmds.add_parser("tail", help="print matching changes as JSON lines")
+    p.add_argument("subs", nargs="*", metavar="SUB", help="e.g. jobs:UPDATE:status=eq.running")
+    p.add_argument("--topic", action="append", help="a broadcast topic (repeatable)")
+    p.add_argument("--database-url", default=None)
+    p = cmds.add_parser("token", help="print a signed token (RELAY_JWT_SECRET or the demo's)")
+    p.add_argument("--sub", default=None)
+    p.add_argument("--org", action="append", help="an org id (repeatable)")
+    p.add_argument("--role", default="authenticated")
+    p.add_argument("--ttl", type=float, default=3600.0)
+    args = parser.parse_args(argv)
+    logging.captureWarnings(True)
+    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+    if args.cmd == "serve":
+        _serve(args, with_worker=False)
+    elif args.cmd == "demo":
+        _serve(args, with_worker=True)
+    elif args.cmd == "migrate":
+        _migrate(args)
+    elif args.cmd == "tail":
+        _tail_cmd(args)
+    elif args.cmd == "token":
+        _token_cmd(args)
+
+
+if __name__ == "__main__":
+    main()

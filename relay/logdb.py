@@ -1,0 +1,170 @@
+"""Every query the relay runs against the `relay` schema (asyncpg).
+
+Invariant: reads of the log return changes in position order and only
+committed ones; because positions are drawn in commit order, a read that
+returns everything up to position P will never later find a change <= P.
+Nothing a client sent is ever part of the SQL text: values are parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import orjson
+
+from relay.catalog import Catalog, Table
+from relay.changes import Change
+from relay.columns import Column
+
+Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+_READ = """
+select b.base + c.ord - 1 as pos, c.kind::text, c.schema_name, c.table_name, c.topic, c.event,
+       c.user_id, c.org_id, c.old_user_id, c.old_org_id, c.new::text, c.old::text,
+       to_char(b.committed_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as ts
+  from relay.batches b
+  join relay.changes c on c.batch = b.id
+ where b.last_pos > $1 and b.base <= $2 and b.base + c.ord - 1 > $1
+   and b.base + c.ord - 1 <= $2 {extra}
+ order by b.last_pos, c.ord
+ limit $3
+"""
+
+_READ_ALL = _READ.format(extra="")
+_READ_SOME = _READ.format(
+    extra="and ((c.kind = 'B' and c.topic = any($5::text[])) or "
+    "(c.kind <> 'B' and (c.schema_name || '.' || c.table_name) = any($4::text[])))"
+)
+
+MAX_POSITION = 2**63 - 1
+
+
+def _to_change(r: asyncpg.Record) -> Change:
+    return Change(
+        position=r[0],
+        kind=r[1],
+        schema=r[2],
+        table=r[3],
+        topic=r[4],
+        event=r[5],
+        user_id=r[6],
+        org_id=r[7],
+        old_user_id=r[8],
+        old_org_id=r[9],
+        new_text=r[10],
+        old_text=r[11],
+        commit_timestamp=r[12],
+    )
+
+
+async def read_changes(
+    conn: Conn,
+    after: int,
+    *,
+    upto: int = MAX_POSITION,
+    limit: int = 2000,
+    tables: Sequence[tuple[str, str]] | None = None,
+    topics: Sequence[str] | None = None,
+) -> list[Change]:
+    """Changes with after < position <= upto, in order; only the given tables/topics if set."""
+    if tables is None and topics is None:
+        rows = await conn.fetch(_READ_ALL, after, upto, limit)
+    else:
+        tbls = list(tables or ())
+        rows = await conn.fetch(
+            _READ_SOME,
+            after,
+            upto,
+            limit,
+            [f"{s}.{t}" for s, t in tbls],
+            list(topics or ()),
+        )
+    return [_to_change(r) for r in rows]
+
+
+async def current_position(conn: Conn) -> int:
+    """The highest committed position (0 for an empty log)."""
+    value = await conn.fetchval("select relay.current_position()")
+    return int(value or 0)
+
+
+async def pruned_through(conn: Conn) -> int:
+    """Positions <= this have been pruned: a resume below it must resync."""
+    value = await conn.fetchval("select pruned_through from relay.meta")
+    return int(value or 0)
+
+
+_CATALOG = """
+select w.schema_name, w.table_name, w.user_column, w.org_column, w.pk_columns,
+       w.exclude_columns, a.attname::text, bt.typname::text, bt.typcategory::text,
+       case when bt.typtype = 'e'
+            then array(select e.enumlabel::text from pg_enum e
+                        where e.enumtypid = bt.oid order by e.enumsortorder)
+       end
+  from relay.watched w
+  join pg_attribute a on a.attrelid = w.relid and a.attnum > 0 and not a.attisdropped
+  join pg_type t on t.oid = a.atttypid
+  join pg_type bt on bt.oid = case when t.typtype = 'd' then t.typbasetype else t.oid end
+ order by w.schema_name, w.table_name, a.attnum
+"""
+
+
+async def load_catalog(conn: Conn) -> Catalog:
+    """The watched tables with their visible (not excluded) columns."""
+    tables: dict[tuple[str, str], Table] = {}
+    columns: dict[tuple[str, str], dict[str, Column]] = {}
+    for r in await conn.fetch(_CATALOG):
+        key = (r[0], r[1])
+        if key not in tables:
+            tables[key] = Table(
+                schema=r[0],
+                name=r[1],
+                user_column=r[2],
+                org_column=r[3],
+                pk=tuple(r[4]),
+                excluded=frozenset(r[5] or ()),
+                columns=columns.setdefault(key, {}),
+            )
+        if r[6] in tables[key].excluded:
+            continue
+        columns[key][r[6]] = Column(
+            name=r[6], type_name=r[7], category=r[8], enum_labels=tuple(r[9] or ())
+        )
+    return Catalog(tables=tables)
+
+
+async def can_subscribe(conn: Conn, topic: str, claims: dict[str, Any]) -> bool:
+    """Ask `relay.can_subscribe(topic, claims)` (replaceable by the application)."""
+    value = await conn.fetchval(
+        "select relay.can_subscribe($1, $2::jsonb)", topic, orjson.dumps(claims).decode()
+    )
+    return bool(value)
+
+
+async def broadcast(
+    conn: Conn,
+    topic: str,
+    event: str,
+    payload: Any,
+    org_id: str | None,
+    user_id: str | None,
+) -> int:
+    """Send a broadcast in its own transaction; return its position."""
+    async with conn.transaction():
+        await conn.execute(
+            "select relay.broadcast($1, $2, $3::jsonb, $4, $5)",
+            topic,
+            event,
+            orjson.dumps(payload).decode(),
+            org_id,
+            user_id,
+        )
+        row = await conn.fetchrow(
+            "select current_setting('relay.batch')::bigint, current_setting('relay.ord')::int"
+        )
+        assert row is not None
+        batch, ord_ = row
+    value = await conn.fetchval("select base from relay.batches where id = $1", batch)
+    return int(value) + int(ord_) - 1

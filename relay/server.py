@@ -1,0 +1,44 @@
+"""Running the ASGI app under uvicorn, with streams closed before the drain.
+
+Invariant: on shutdown every open stream is sent `SHUTDOWN` (with a retry
+hint) and ended first, so uvicorn's wait for open connections finishes
+instead of running into its timeout; clients resume on another process.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import uvicorn
+
+from relay.app import Relay
+from relay.hub import SHUTDOWN
+
+
+class Server(uvicorn.Server):
+    """uvicorn.Server that ends the relay's streams when shutdown begins."""
+
+    def __init__(self, config: uvicorn.Config, relay: Relay) -> None:
+        super().__init__(config)
+        self.relay = relay
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.relay.hub.close_all(
+            SHUTDOWN, {"status": SHUTDOWN, "retry": self.relay.settings.retry_ms}
+        )
+        await super().shutdown(sockets)
+
+
+def make_server(relay: Relay, app: Any, host: str, port: int, **kw: Any) -> Server:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        access_log=False,  # query strings may carry tokens
+        log_config=None,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+        **kw,
+    )
+    return Server(config, relay)

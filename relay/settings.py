@@ -1,0 +1,59 @@
+"""Configuration from `RELAY_*` environment variables.
+
+Invariant: every knob the relay reads comes from here, with a safe default;
+nothing else in the package reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All settings; each field `x` is read from `RELAY_X`."""
+
+    model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL DSN; unset means the embedded demo server"
+    )
+    data_dir: Path = Field(
+        default=Path(".relay-data"), description="where the embedded Postgres keeps its data"
+    )
+    host: str = "127.0.0.1"
+    port: int = 8080
+    jwt_secret: str | None = Field(default=None, description="HS256 secret for tokens")
+    jwt_leeway: float = Field(default=0.0, ge=0, description="seconds of leeway on exp")
+    keepalive_seconds: float = Field(default=15.0, gt=0)
+    retry_ms: int = Field(default=2000, ge=0, description="EventSource retry: hint")
+    max_outbox_events: int = Field(
+        default=10_000, ge=1, description="per stream; beyond it the stream gets TOO_SLOW"
+    )
+    max_outbox_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_subscriptions: int = Field(default=50, ge=1, description="sub= plus topic= per stream")
+    max_filter_length: int = Field(default=4096, ge=16)
+    max_in_values: int = Field(default=100, ge=1)
+    read_batch: int = Field(default=2000, ge=1, description="log rows per read")
+    poll_seconds: float = Field(
+        default=1.0, gt=0, description="log read interval when no doorbell rings"
+    )
+    ready_max_lag: float = Field(default=5.0, gt=0)
+    token_expiry_margin: float = Field(
+        default=1.0, ge=0, description="TOKEN_EXPIRED is sent this many seconds before exp"
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins allowed cross-origin (comma-separated)"
+    )
+    log_format: str = Field(default="auto", pattern="^(auto|json|text)$")
+    log_level: str = "info"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value

@@ -1,0 +1,186 @@
+"""One Server-Sent Events response: SUBSCRIBED, replay from the log, then live.
+
+Invariants:
+- The subscriber is registered in the hub before anything is sent, so
+  SUBSCRIBED is only sent once live delivery is in place.
+- Replay covers (resume position, hub position at registration]; live frames
+  that arrive meanwhile wait in the outbox and are all above that range, so
+  the seam has no gap and no duplicate. If the outbox overflows during a long
+  replay, the dropped live frames are re-read from the log instead.
+- One task per stream writes (plus one that only waits for the client to
+  go away); frames queued while a write is in progress go out together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import asyncpg
+from starlette.types import Message, Receive, Scope, Send
+
+from relay import logdb
+from relay.changes import system_frame
+from relay.hub import CLIENT, Hub, Subscriber
+from relay.principal import Principal
+from relay.subscriptions import SubscriptionSet
+
+log = logging.getLogger("relay.stream")
+
+HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache, no-store"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class EventStream:
+    """ASGI app answering one `/v1/stream` request that passed validation."""
+
+    def __init__(
+        self,
+        *,
+        hub: Hub,
+        pool: asyncpg.Pool,
+        principal: Principal,
+        subs: SubscriptionSet,
+        last_event_id: int | None,
+        ignored_last_event_id: bool,
+        retry_ms: int,
+        max_events: int,
+        max_bytes: int,
+        read_batch: int,
+        expiry_margin: float,
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        self.hub = hub
+        self.pool = pool
+        self.principal = principal
+        self.subs = subs
+        self.last_event_id = last_event_id
+        self.ignored_last_event_id = ignored_last_event_id
+        self.retry_ms = retry_ms
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.read_batch = read_batch
+        self.expiry_margin = expiry_margin
+        self.extra_headers = extra_headers or []
+        self.sent = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hub = self.hub
+        sub = hub.subscribe(
+            self.principal,
+            self.subs,
+            max_events=self.max_events,
+            max_bytes=self.max_bytes,
+            replaying=True,
+            expiry_margin=self.expiry_margin,
+        )
+        start = hub.position
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, sub))
+        opened = time.monotonic()
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": HEADERS + self.extra_headers,
+                }
+            )
+            try:
+                await self._run(sub, start, send)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # The client reconnects (retry:) and resumes from its last id.
+                log.warning("stream ended by database error: %s", type(exc).__name__)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+            hub.unsubscribe(sub)
+            log.info(
+                "stream closed",
+                extra={
+                    "duration_s": round(time.monotonic() - opened, 3),
+                    "subscriptions": len(self.subs.rows) + len(self.subs.topics),
+                    "reason": sub.close_reason or CLIENT,
+                    "events": self.sent,
+                },
+            )
+
+    async def _send(self, send: Send, frames: list[bytes]) -> None:
+        await send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
+
+    async def _run(self, sub: Subscriber, start: int, send: Send) -> None:
+        hub = self.hub
+        after = start
+        resync: dict[str, Any] | None = None
+        last = self.last_event_id
+        if last is not None:
+            if last > start:
+                async with self.pool.acquire() as conn:
+                    head = await logdb.current_position(conn)
+                if last > head:
+                    resync = {"status": "RESYNC_REQUIRED", "reason": "ahead", "position": head}
+                else:  # another relay was ahead of this one: skip what the client has
+                    sub.skip_through = last
+                    after = last
+            else:
+                async with self.pool.acquire() as conn:
+                    oldest = await logdb.pruned_through(conn)
+                if last < oldest:
+                    resync = {
+                        "status": "RESYNC_REQUIRED",
+                        "reason": "retention",
+                        "oldest": oldest + 1,
+                        "position": start,
+                    }
+                else:
+                    after = last
+        hello: dict[str, Any] = {
+            "status": "SUBSCRIBED",
+            "subscriptions": self.subs.describe(),
+            "position": after,
+        }
+        if self.ignored_last_event_id:
+            hello["ignored_last_event_id"] = "malformed"
+        frames = [system_frame(hello, self.retry_ms)]
+        if resync is not None:
+            frames.append(system_frame(resync))
+        await self._send(send, frames)
+
+        cursor, upto = after, start
+        tables = sorted(self.subs.tables)
+        topics = list(self.subs.topics)
+        while True:
+            while cursor < upto and not sub.closed:
+                async with self.pool.acquire() as conn:
+                    changes = await logdb.read_changes(
+                        conn, cursor, upto=upto, limit=self.read_batch, tables=tables, topics=topics
+                    )
+                batch = [f for ch in changes if (f := sub.route(ch)) is not None]
+                if batch:
+                    self.sent += len(batch)
+                    await self._send(send, batch)
+                cursor = changes[-1].position if len(changes) == self.read_batch else upto
+            if sub.closed or not sub.take_overflow():
+                break
+            cursor, upto = upto, hub.position  # live frames were dropped: read them instead
+        sub.replaying = False
+
+        while True:
+            frames, closed = await sub.wait()
+            if frames:
+                self.sent += len(frames)
+                await self._send(send, frames)
+            if closed:
+                return
+
+
+async def _watch_disconnect(receive: Receive, sub: Subscriber) -> None:
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            sub.close(CLIENT)
+            return

@@ -65,7 +65,8 @@ class Relay:
         self.auth = Authenticator(secret, leeway=settings.jwt_leeway)
         self.hub = Hub(keepalive_seconds=settings.keepalive_seconds)
         self.catalog = Catalog()
-        self._catalog_loaded_at = 0.0
+        self._catalog_loaded_at = -1.0
+        self._catalog_lock = asyncio.Lock()
         self._pool: asyncpg.Pool | None = None
         self.listener = Listener(
             dsn,
@@ -108,10 +109,18 @@ class Relay:
         if self._pool is not None:
             await self._pool.close()
 
-    async def refresh_catalog(self) -> None:
-        async with self.pool.acquire() as conn:
-            self.catalog = await logdb.load_catalog(conn)
-        self._catalog_loaded_at = time.monotonic()
+    async def refresh_catalog(self, *, unless_since: float | None = None) -> None:
+        """Reload the catalog; with `unless_since`, skip if a load began after that time.
+
+        One load at a time: requests that miss a table together share one reload.
+        """
+        async with self._catalog_lock:
+            if unless_since is not None and self._catalog_loaded_at >= unless_since:
+                return
+            started = time.monotonic()
+            async with self.pool.acquire() as conn:
+                self.catalog = await logdb.load_catalog(conn)
+            self._catalog_loaded_at = started
 
     def principal(self, request: Request) -> Principal:
         token = token_from(request.headers, request.query_params, request.cookies)
@@ -121,6 +130,7 @@ class Relay:
         """Subscriptions of a request; an unknown table re-reads the catalog once."""
         s = self.settings
         params = request.query_params.multi_items()
+        arrived = time.monotonic()
         for attempt in (1, 2):
             try:
                 return parse_subscriptions(
@@ -132,13 +142,9 @@ class Relay:
                     max_in_values=s.max_in_values,
                 )
             except RequestError as exc:
-                if (
-                    exc.code != "unknown_table"
-                    or attempt == 2
-                    or time.monotonic() - self._catalog_loaded_at < 0.5
-                ):
+                if exc.code != "unknown_table" or attempt == 2:
                     raise
-                await self.refresh_catalog()
+                await self.refresh_catalog(unless_since=arrived)
         raise AssertionError("unreachable")
 
     async def authorize_topics(self, principal: Principal, subs: SubscriptionSet) -> None:

@@ -995,8 +995,10 @@ def _parse_condition(
     dot = rest.find(".")
     op = rest if dot < 0 else rest[:dot]
     if op not in _OPERATOR_SET:
-        if not op.strip() or op == "not":
+        if not op.strip() or (op == "not" and dot < 0):
             raise FilterError(f"{where}: missing operator: expected e.g. {name}=eq.value")
+        if op == "not":
+            raise FilterError(f"{where}: 'not.' may appear only once, before the operator")
         raise FilterError(
             f"{where}: unknown operator {_show(op)}; expected one of {', '.join(OPERATORS)}"
         )

@@ -121,6 +121,16 @@ class RelayServer:
             c.hello = hello  # type: ignore[attr-defined]
         return c
 
+    def caught_up(self, db: psycopg.Connection[Any], timeout: float = 10.0) -> int:
+        """Wait until the relay has read the log up to the database's current head."""
+        head = db.execute("select relay.current_position()").fetchone()[0]
+        deadline = time.monotonic() + timeout
+        while self.relay.hub.position < head:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"relay at {self.relay.hub.position}, head {head}")
+            time.sleep(0.005)
+        return int(head)
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=15)

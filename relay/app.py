@@ -75,6 +75,7 @@ class Relay:
             poll_seconds=settings.poll_seconds,
             ready_max_lag=settings.ready_max_lag,
             on_catalog_change=self.refresh_catalog,
+            application_name=settings.application_name,
         )
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -89,7 +90,7 @@ class Relay:
             min_size=1,
             max_size=10,
             command_timeout=60,
-            server_settings={"application_name": "relay-reader"},
+            server_settings={"application_name": f"{self.settings.application_name}-reader"},
         )
         await self.refresh_catalog()
         await self.listener.start_position()

@@ -137,7 +137,6 @@ class _Type:
     order_value_key: Callable[[Any], Any] | None = None  # lt/gt keys, if they differ
     order_row_key: Callable[[Any], Any] | None = None
     exact: type | None = None  # row values of this type are their own key; others are garbage
-    strings: bool = False  # like/match apply: row values are str
     case_insensitive: bool = False  # citext: comparisons and patterns ignore case
 
 
@@ -322,7 +321,6 @@ def _string_type(name: str) -> _Type:
         value_key=key,
         row_key=key,
         exact=str if key is _str_key else None,
-        strings=True,
         case_insensitive=name == "citext",
     )
 
@@ -400,7 +398,6 @@ _BOOL = _Type(
 
 # date and time --------------------------------------------------------------------------
 
-_UTC: Final = UTC
 # keys of dates and timestamps are (0, value); the infinities sort around them
 _INFINITY_KEYS: Final[dict[str, tuple[int, int]]] = {"infinity": (1, 0), "-infinity": (-1, 0)}
 _DAY_US: Final = 86_400_000_000
@@ -421,7 +418,7 @@ def _convert_timestamptz(text: str) -> object:
         return infinity
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=_UTC)  # no offset: UTC
+        moment = moment.replace(tzinfo=UTC)  # no offset: UTC
     return moment
 
 
@@ -443,7 +440,7 @@ def _timestamptz_key(value: Any) -> Any:
     elif type(value) is not datetime:
         raise TypeError
     if value.tzinfo is None:
-        value = value.replace(tzinfo=_UTC)
+        value = value.replace(tzinfo=UTC)
     return (0, value)  # aware datetimes compare (and hash) as instants
 
 
@@ -513,7 +510,7 @@ def _convert_timetz(text: str) -> object:
     if moment is None:
         return text  # 24:00:00[offset]; the key is computed from the text
     if offset is None:
-        moment = moment.replace(tzinfo=_UTC)  # no offset: UTC
+        moment = moment.replace(tzinfo=UTC)  # no offset: UTC
     return moment
 
 

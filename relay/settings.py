@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     )
     log_format: str = Field(default="auto", pattern="^(auto|json|text)$")
     log_level: str = "info"
+    application_name: str = Field(
+        default="relay", description="application_name of the relay's database sessions"
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -8,11 +8,10 @@ import queue
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
-
 
 
 @dataclass

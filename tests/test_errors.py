@@ -104,15 +104,18 @@ def _token(claims: dict[str, Any], key: str = SECRET, alg: str = "HS256") -> str
         (None, "no token"),
         ("garbage", "well-formed"),
         ("a.b.c", "well-formed"),
-        (_token({"sub": "u", "exp": time.time() + 60}, key="wrong-secret-0123456789-0123456789"),
-         "signature"),
+        (
+            _token({"sub": "u", "exp": time.time() + 60}, key="wrong-secret-0123456789-0123456789"),
+            "signature",
+        ),
         (_token({"sub": "u", "exp": time.time() - 10}), "expired"),
         (_token({"sub": "u"}), "exp"),
         (jwt.encode({"sub": "u", "exp": time.time() + 60}, None, algorithm="none"), "algorithm"),
     ],
 )
-def test_bad_tokens_get_401(relay_server: RelayServer, table: str, token: str | None,
-                            needle: str) -> None:
+def test_bad_tokens_get_401(
+    relay_server: RelayServer, table: str, token: str | None, needle: str
+) -> None:
     q = f"sub={table}" + (f"&access_token={quote(token)}" if token is not None else "")
     r = get(relay_server, q)
     assert r.status_code == 401, r.text

@@ -47,9 +47,11 @@ def _positions(db: psycopg.Connection[Any], table: str) -> dict[int, int]:
 def test_positions_follow_commit_order(dsn: str, make_table: Any) -> None:
     """T1 writes first but commits after T2: T1's change gets the higher position."""
     t = make_table("id int primary key, org_id text")
-    with psycopg.connect(dsn) as t1, psycopg.connect(dsn) as t2, psycopg.connect(
-        dsn, autocommit=True
-    ) as reader:
+    with (
+        psycopg.connect(dsn) as t1,
+        psycopg.connect(dsn) as t2,
+        psycopg.connect(dsn, autocommit=True) as reader,
+    ):
         t1.execute(f"insert into {t} values (1, 'o')")
         t2.execute(f"insert into {t} values (2, 'o')")
         t2.commit()
@@ -65,9 +67,11 @@ def test_positions_follow_commit_order(dsn: str, make_table: Any) -> None:
 def test_bigserial_would_skip(dsn: str, make_table: Any) -> None:
     """The case the design exists for: ids drawn at insert time commit out of order."""
     t = make_table("id bigserial primary key, org_id text")
-    with psycopg.connect(dsn) as t1, psycopg.connect(dsn) as t2, psycopg.connect(
-        dsn, autocommit=True
-    ) as reader:
+    with (
+        psycopg.connect(dsn) as t1,
+        psycopg.connect(dsn) as t2,
+        psycopg.connect(dsn, autocommit=True) as reader,
+    ):
         t1.execute(f"insert into {t} (org_id) values ('o')")  # id 1
         t2.execute(f"insert into {t} (org_id) values ('o')")  # id 2
         t2.commit()
@@ -76,7 +80,9 @@ def test_bigserial_would_skip(dsn: str, make_table: Any) -> None:
         assert p[2] < p[1]  # positions follow commit order, not id order
 
 
-def test_transaction_keeps_order_and_savepoints(db: psycopg.Connection[Any], make_table: Any) -> None:
+def test_transaction_keeps_order_and_savepoints(
+    db: psycopg.Connection[Any], make_table: Any
+) -> None:
     t = make_table("id int primary key, org_id text")
     with db.transaction():
         db.execute(f"insert into {t} values (1, 'o')")

@@ -125,7 +125,9 @@ def test_values_encoded_as_to_jsonb(relay_server: RelayServer, db: Any, make_tab
     assert raw["nul"] is None
 
 
-def test_numeric_passes_through_exactly(relay_server: RelayServer, db: Any, make_table: Any) -> None:
+def test_numeric_passes_through_exactly(
+    relay_server: RelayServer, db: Any, make_table: Any
+) -> None:
     """The wire bytes carry Postgres' own digits (no float round trip)."""
     t = make_table("id int primary key, org_id text, n numeric")
     with relay_server.open({"sub": t}) as c:
@@ -239,7 +241,9 @@ def test_malformed_last_event_id_streams_from_now(
     assert ev.data["new"]["id"] == 2
 
 
-def test_position_ahead_of_head_resyncs(relay_server: RelayServer, db: Any, make_table: Any) -> None:
+def test_position_ahead_of_head_resyncs(
+    relay_server: RelayServer, db: Any, make_table: Any
+) -> None:
     t = make_table("id int primary key, org_id text")
     with relay_server.open({"sub": t}, headers={"Last-Event-ID": str(2**62)}) as c:
         resync = c.next()

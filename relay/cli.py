@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -232,7 +231,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--ttl", type=float, default=3600.0)
     args = parser.parse_args(argv)
     logging.captureWarnings(True)
-    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
     if args.cmd == "serve":
         _serve(args, with_worker=False)
     elif args.cmd == "demo":

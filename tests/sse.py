@@ -20,6 +20,7 @@ class Event:
     data: Any
     id: int | None = None
     retry: int | None = None
+    raw: str = ""
 
 
 @dataclass
@@ -99,6 +100,7 @@ class SSEClient:
                         data=json.loads(ev["data"]) if "data" in ev else None,
                         id=int(ev["id"]) if "id" in ev else None,
                         retry=int(ev["retry"]) if "retry" in ev else None,
+                        raw=ev.get("data", ""),
                     )
                 )
             ev.clear()

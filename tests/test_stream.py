@@ -128,17 +128,16 @@ def test_values_encoded_as_to_jsonb(relay_server: RelayServer, db: Any, make_tab
 def test_numeric_passes_through_exactly(
     relay_server: RelayServer, db: Any, make_table: Any
 ) -> None:
-    """The wire bytes carry Postgres' own digits (no float round trip)."""
+    """The wire carries Postgres' own digits (no float round trip), with select= too."""
     t = make_table("id int primary key, org_id text, n numeric")
     with relay_server.open({"sub": t}) as c:
         db.execute(f"insert into {t} values (1, 'o', 0.10000000000000000000000001)")
         (ev,) = c.take(1)
-    # the test client parsed with floats; compare the exact value via Postgres
-    assert ev.data["new"]["n"] == pytest.approx(0.1)
-    with relay_server.open({"sub": t, "select": "n"}) as c:
+    assert '"n": 0.10000000000000000000000001' in ev.raw
+    with relay_server.open([("sub", t), ("select", "n")]) as c:
         db.execute(f"update {t} set n = 12345678901234567890.5")
         (ev,) = c.take(1)
-    assert ev.data["new"] == {"id": 1, "n": 1.2345678901234567e19}
+    assert '"new":{"id":1,"n":12345678901234567890.5}' in ev.raw
 
 
 def test_select_projection(relay_server: RelayServer, db: Any, make_table: Any) -> None:

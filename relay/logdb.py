@@ -90,10 +90,16 @@ async def current_position(conn: Conn) -> int:
     return int(value or 0)
 
 
-async def pruned_through(conn: Conn) -> int:
-    """Positions <= this have been pruned: a resume below it must resync."""
-    value = await conn.fetchval("select pruned_through from relay.meta")
-    return int(value or 0)
+async def head_and_oldest(conn: Conn) -> tuple[int, int]:
+    """(highest committed position, highest pruned position) in one round trip.
+
+    A resume from below the second must resync: those changes are gone.
+    """
+    row = await conn.fetchrow(
+        "select relay.current_position(), (select pruned_through from relay.meta)"
+    )
+    assert row is not None
+    return int(row[0] or 0), int(row[1] or 0)
 
 
 _CATALOG = """

@@ -71,6 +71,18 @@ class EventStream:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hub = self.hub
+        head = oldest = 0
+        if self.last_event_id is not None:
+            # Read before registering: a position the client holds was committed
+            # before it connected, so it is <= this head unless the log is not the
+            # one the client came from (a restored or another database).
+            try:
+                async with self.pool.acquire() as conn:
+                    head, oldest = await logdb.head_and_oldest(conn)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("stream refused, database unavailable: %s", type(exc).__name__)
+                await _end_with_retry(send, self.retry_ms)
+                return
         sub = hub.subscribe(
             self.principal,
             self.subs,
@@ -80,6 +92,7 @@ class EventStream:
             expiry_margin=self.expiry_margin,
         )
         start = hub.position
+        after, resync = self._resume_point(sub, start, head, oldest)
         watcher = asyncio.ensure_future(_watch_disconnect(receive, sub))
         opened = time.monotonic()
         try:
@@ -91,7 +104,7 @@ class EventStream:
                 }
             )
             try:
-                await self._run(sub, start, send)
+                await self._run(sub, start, after, resync, send)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 # The client reconnects (retry:) and resumes from its last id.
                 log.warning("stream ended by database error: %s", type(exc).__name__)
@@ -109,35 +122,42 @@ class EventStream:
                 },
             )
 
+    def _resume_point(
+        self, sub: Subscriber, start: int, head: int, oldest: int
+    ) -> tuple[int, dict[str, Any] | None]:
+        """(position the stream starts after, RESYNC_REQUIRED payload or None).
+
+        Runs synchronously right after registration, so `skip_through` is in
+        place before the hub can queue anything for this subscriber.
+        """
+        last = self.last_event_id
+        if last is None:
+            return start, None
+        if last > head:
+            return start, {"status": "RESYNC_REQUIRED", "reason": "ahead", "position": start}
+        if last < oldest:
+            return start, {
+                "status": "RESYNC_REQUIRED",
+                "reason": "retention",
+                "oldest": oldest + 1,
+                "position": start,
+            }
+        if last > start:  # this relay is behind the one the client came from
+            sub.skip_through = last
+        return last, None
+
     async def _send(self, send: Send, frames: list[bytes]) -> None:
         await send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
 
-    async def _run(self, sub: Subscriber, start: int, send: Send) -> None:
+    async def _run(
+        self,
+        sub: Subscriber,
+        start: int,
+        after: int,
+        resync: dict[str, Any] | None,
+        send: Send,
+    ) -> None:
         hub = self.hub
-        after = start
-        resync: dict[str, Any] | None = None
-        last = self.last_event_id
-        if last is not None:
-            if last > start:
-                async with self.pool.acquire() as conn:
-                    head = await logdb.current_position(conn)
-                if last > head:
-                    resync = {"status": "RESYNC_REQUIRED", "reason": "ahead", "position": head}
-                else:  # another relay was ahead of this one: skip what the client has
-                    sub.skip_through = last
-                    after = last
-            else:
-                async with self.pool.acquire() as conn:
-                    oldest = await logdb.pruned_through(conn)
-                if last < oldest:
-                    resync = {
-                        "status": "RESYNC_REQUIRED",
-                        "reason": "retention",
-                        "oldest": oldest + 1,
-                        "position": start,
-                    }
-                else:
-                    after = last
         hello: dict[str, Any] = {
             "status": "SUBSCRIBED",
             "subscriptions": self.subs.describe(),
@@ -176,6 +196,14 @@ class EventStream:
                 await self._send(send, frames)
             if closed:
                 return
+
+
+async def _end_with_retry(send: Send, retry_ms: int) -> None:
+    """An empty 200 stream with a retry hint: EventSource tries again (a 5xx would stop it)."""
+    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    await send(
+        {"type": "http.response.body", "body": b"retry: %d\n\n" % retry_ms, "more_body": False}
+    )
 
 
 async def _watch_disconnect(receive: Receive, sub: Subscriber) -> None:

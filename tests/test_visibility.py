@@ -109,6 +109,7 @@ def test_ownership_moves(relay_server: RelayServer, db: Any, tables: dict[str, s
     tok_b = relay_server.token(sub="uB", org_id="B")
     subs = [("sub", t), ("sub", s)]
     db.execute(f"insert into {t} values (1, 'A', 'secret-of-A')")
+    relay_server.caught_up(db)
     with relay_server.open(subs, tok_a) as a, relay_server.open(subs, tok_b) as b:
         db.execute(f"update {t} set org_id = 'B', secret = 'secret-of-B' where id = 1")
         db.execute(f"update {t} set org_id = 'A', secret = 'back-to-A' where id = 1")

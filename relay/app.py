@@ -21,7 +21,8 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay import logdb
@@ -30,6 +31,7 @@ from relay.catalog import Catalog
 from relay.dsn import as_url
 from relay.hub import SHUTDOWN, Hub
 from relay.listener import Listener
+from relay.longpoll import changes_page
 from relay.principal import Principal
 from relay.settings import Settings
 from relay.stream import EventStream
@@ -78,6 +80,7 @@ class Relay:
             application_name=settings.application_name,
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self.demo_tokens: list[dict[str, str]] = []  # set in demo mode only
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -226,6 +229,19 @@ def create_app(relay: Relay, *, start: bool = True) -> Starlette:
             expiry_margin=settings.token_expiry_margin,
         )
 
+    async def changes(request: Request) -> Response:
+        principal = relay.principal(request)
+        subs = await relay.parse(request, principal)
+        await relay.authorize_topics(principal, subs)
+        return await changes_page(
+            request,
+            hub=relay.hub,
+            pool=relay.pool,
+            principal=principal,
+            subs=subs,
+            read_batch=settings.read_batch,
+        )
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -239,9 +255,22 @@ def create_app(relay: Relay, *, start: bool = True) -> Starlette:
         }
         return JSONResponse(body, status_code=200 if lst.ready else 503)
 
+    static = resources.files("relay").joinpath("static")
+
     async def index(request: Request) -> Response:
-        page = resources.files("relay").joinpath("static/index.html").read_text("utf-8")
-        return HTMLResponse(page)
+        return HTMLResponse(static.joinpath("index.html").read_text("utf-8"))
+
+    async def relay_js(request: Request) -> Response:
+        return Response(
+            static.joinpath("relay.js").read_bytes(),
+            media_type="text/javascript; charset=utf-8",
+            headers={"cache-control": "no-cache"},
+        )
+
+    async def demo_tokens(request: Request) -> Response:
+        if not relay.demo_tokens:
+            return error(404, "not_found", "demo tokens exist only in demo mode")
+        return JSONResponse(relay.demo_tokens, headers={"cache-control": "no-store"})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -266,9 +295,13 @@ def create_app(relay: Relay, *, start: bool = True) -> Starlette:
         )
     routes = [
         Route("/", index, methods=["GET"]),
+        Route("/relay.js", relay_js, methods=["GET"]),
+        Route("/demo/tokens", demo_tokens, methods=["GET"]),
+        Mount("/static", StaticFiles(packages=[("relay", "static")]), name="static"),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/v1/stream", _Endpoint(stream), methods=["GET"]),
+        Route("/v1/changes", _Endpoint(changes), methods=["GET"]),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.relay = relay

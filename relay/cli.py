@@ -40,7 +40,6 @@ def _database(settings: Settings, *, demo_ok: bool) -> tuple[str, Any]:
 
 def _serve(args: argparse.Namespace, *, with_worker: bool) -> None:
     from relay.app import Relay, create_app
-    from relay.auth import make_token
     from relay.migrate import migrate
     from relay.server import make_server
 
@@ -53,7 +52,7 @@ def _serve(args: argparse.Namespace, *, with_worker: bool) -> None:
     embedded = not settings.database_url
     dsn, server = _database(settings, demo_ok=True)
     secret = settings.jwt_secret
-    if embedded:
+    if embedded or with_worker:
         from relay.embedded import demo_secret
 
         applied = migrate(dsn, demo=True)
@@ -68,12 +67,11 @@ def _serve(args: argparse.Namespace, *, with_worker: bool) -> None:
     relay = Relay(settings, dsn, secret)
     app = create_app(relay)
     url = f"http://{settings.host}:{settings.port}"
-    if embedded:
-        token = make_token(
-            secret, sub="demo-user", org_id="demo-org", role="service_role", ttl=86400
-        )
-        print(f"relay: demo token (service_role, 24 h): {token}", flush=True)
-        print(f"relay: open {url}/?access_token={token}", flush=True)
+    if embedded or with_worker:
+        relay.demo_tokens = demo_tokens(secret)
+        first = relay.demo_tokens[0]
+        print(f"relay: demo token ({first['label']}, 24 h): {first['token']}", flush=True)
+        print(f"relay: open {url}/?access_token={first['token']}", flush=True)
     else:
         print(f"relay: serving on {url}", flush=True)
     uv = make_server(relay, app, settings.host, settings.port)
@@ -97,6 +95,27 @@ def _serve(args: argparse.Namespace, *, with_worker: bool) -> None:
     finally:
         if server is not None:
             server.cleanup()
+
+
+def demo_tokens(secret: str) -> list[dict[str, str]]:
+    """Tokens for the demo's users of two orgs and the service role (24 h)."""
+    from relay.auth import make_token
+
+    day = 86400.0
+    return [
+        {
+            "label": "Dana (demo-org)",
+            "token": make_token(secret, sub="demo-user", org_id="demo-org", ttl=day),
+        },
+        {
+            "label": "Omar (other-org)",
+            "token": make_token(secret, sub="other-user", org_id="other-org", ttl=day),
+        },
+        {
+            "label": "service role (sees all)",
+            "token": make_token(secret, sub="service", role="service_role", ttl=day),
+        },
+    ]
 
 
 def _migrate(args: argparse.Namespace) -> None:

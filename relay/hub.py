@@ -261,6 +261,7 @@ class Hub:
         self.subscribers: set[Subscriber] = set()
         self.published = 0
         self.delivered = 0
+        self._advanced: asyncio.Future[None] | None = None
 
     def subscribe(
         self,
@@ -365,6 +366,26 @@ class Hub:
         self.delivered += delivered
         for s in touched:
             s.wake()
+        adv = self._advanced
+        if adv is not None and not adv.done():
+            adv.set_result(None)
+        self._advanced = None
+
+    async def wait_beyond(self, position: int, seconds: float) -> bool:
+        """Wait until the hub has published past `position`; False after `seconds`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while self.position <= position:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            if self._advanced is None or self._advanced.done():
+                self._advanced = loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._advanced), left)
+            except TimeoutError:
+                return False
+        return True
 
     def send_keepalives(self, now: float | None = None) -> int:
         """Queue a keep-alive comment for every stream idle for 2/3 of the interval."""

@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any
 
 import asyncpg
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -27,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay import logdb
 from relay.auth import Authenticator, AuthError, token_from
+from relay.broadcasts import TYPED_EVENTS, BroadcastRequest, schemas
 from relay.catalog import Catalog
 from relay.dsn import as_url
 from relay.hub import SHUTDOWN, Hub
@@ -242,6 +244,43 @@ def create_app(relay: Relay, *, start: bool = True) -> Starlette:
             read_batch=settings.read_batch,
         )
 
+    async def broadcast(request: Request) -> Response:
+        principal = relay.principal(request)
+        if not principal.is_service:
+            return error(403, "forbidden", "only a service_role token may broadcast")
+        raw = await request.body()
+        if len(raw) > 1_000_000:
+            return error(413, "too_large", "broadcast body is larger than 1 MB")
+        try:
+            body = BroadcastRequest.model_validate_json(raw)
+            model = TYPED_EVENTS.get(body.event)
+            if model is not None:
+                model.model_validate(body.payload)
+        except ValidationError as exc:
+            return JSONResponse(
+                {
+                    "error": "invalid_payload",
+                    "message": f"{exc.error_count()} validation error(s)",
+                    "details": exc.errors(include_url=False, include_input=False),
+                },
+                status_code=422,
+            )
+        if "\x00" in body.topic or "\x00" in body.event:
+            return error(400, "invalid_parameter", "NUL character is not allowed")
+        try:
+            async with relay.pool.acquire() as conn:
+                position = await logdb.broadcast(
+                    conn, body.topic, body.event, body.payload, body.org_id, body.user_id
+                )
+        except asyncpg.PostgresError as exc:
+            if not str(exc.sqlstate).startswith("22"):  # not a data exception: re-raise
+                raise
+            return error(400, "invalid_payload", f"the database refused the payload: {exc}"[:200])
+        return JSONResponse({"position": position}, status_code=202)
+
+    async def broadcast_schema(request: Request) -> Response:
+        return JSONResponse(schemas())
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -302,6 +341,8 @@ def create_app(relay: Relay, *, start: bool = True) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/v1/stream", _Endpoint(stream), methods=["GET"]),
         Route("/v1/changes", _Endpoint(changes), methods=["GET"]),
+        Route("/v1/broadcast", _Endpoint(broadcast), methods=["POST"]),
+        Route("/v1/broadcast/schema", broadcast_schema, methods=["GET"]),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.relay = relay

@@ -83,6 +83,7 @@ class Relay:
         )
         self._tasks: list[asyncio.Task[None]] = []
         self.demo_tokens: list[dict[str, str]] = []  # set in demo mode only
+        self.prune_runs = 0
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -102,6 +103,7 @@ class Relay:
         self._tasks = [
             asyncio.create_task(self.listener.run()),
             asyncio.create_task(self.hub.run_keepalives()),
+            asyncio.create_task(self._prune_forever()),
         ]
 
     async def stop(self) -> None:
@@ -114,6 +116,28 @@ class Relay:
         await self.listener.stop()
         if self._pool is not None:
             await self._pool.close()
+
+    async def prune_once(self) -> int:
+        """Prune the log to the retention window in small steps; batches removed."""
+        s = self.settings
+        total = 0
+        while True:
+            async with self.pool.acquire() as conn:
+                n = await logdb.prune(conn, s.retention_seconds, s.retention_count)
+            total += n
+            self.prune_runs += 1
+            if n < 5000:
+                return total
+
+    async def _prune_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.prune_interval_seconds)
+            try:
+                removed = await self.prune_once()
+                if removed:
+                    log.info("pruned the log", extra={"batches": removed})
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("pruning failed: %s", type(exc).__name__)
 
     async def refresh_catalog(self, *, unless_since: float | None = None) -> None:
         """Reload the catalog; with `unless_since`, skip if a load began after that time.

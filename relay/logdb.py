@@ -90,6 +90,25 @@ async def current_position(conn: Conn) -> int:
     return int(value or 0)
 
 
+async def pruned_through(conn: Conn) -> int:
+    """Positions <= this are gone; checked after each replay page (a prune may race it)."""
+    value = await conn.fetchval("select pruned_through from relay.meta")
+    return int(value or 0)
+
+
+async def prune(
+    conn: Conn, max_age_seconds: float, keep_count: int | None, max_batches: int = 5000
+) -> int:
+    """One small pruning step (see relay.prune); the number of batches removed."""
+    value = await conn.fetchval(
+        "select relay.prune(make_interval(secs => $1), $2, $3)",
+        max_age_seconds,
+        keep_count,
+        max_batches,
+    )
+    return int(value or 0)
+
+
 async def head_and_oldest(conn: Conn) -> tuple[int, int]:
     """(highest committed position, highest pruned position) in one round trip.
 

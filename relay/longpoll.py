@@ -29,6 +29,10 @@ MAX_WAIT = 30.0
 MAX_POSITION = 2**63 - 1
 
 
+class Pruned(Exception):
+    """The page's range was pruned while it was read."""
+
+
 def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
@@ -84,26 +88,19 @@ async def changes_page(
         head, oldest = await logdb.head_and_oldest(conn)
     after = _int_param(request, "after", head, 0, MAX_POSITION)
     if after < oldest or after > head:
-        resync = {
-            "resync_required": True,
-            "oldest": oldest + 1,
-            "position": head,
-            "reason": "retention" if after < oldest else "ahead",
-        }
-        return Response(
-            orjson.dumps(resync),
-            media_type="application/json",
-            headers={"cache-control": "no-store"},
-        )
+        return _resync(head, oldest, "retention" if after < oldest else "ahead")
     matcher = Subscriber(principal, subs, max_events=1, max_bytes=1)
     tables = sorted(subs.tables)
     topics = list(subs.topics)
     deadline = time.monotonic() + wait
     position = after
     while True:
-        events, position, more = await _scan(
-            pool, matcher, position, limit, read_batch, tables, topics
-        )
+        try:
+            events, position, more = await _scan(
+                pool, matcher, position, limit, read_batch, tables, topics
+            )
+        except Pruned as exc:
+            return _resync(head, int(exc.args[0]), "retention")
         if not more:
             position = max(position, head)  # everything up to head was scanned
         left = deadline - time.monotonic()
@@ -125,6 +122,13 @@ async def changes_page(
     return Response(body, media_type="application/json", headers=headers)
 
 
+def _resync(head: int, oldest: int, reason: str) -> Response:
+    body = {"resync_required": True, "oldest": oldest + 1, "position": head, "reason": reason}
+    return Response(
+        orjson.dumps(body), media_type="application/json", headers={"cache-control": "no-store"}
+    )
+
+
 async def _scan(
     pool: asyncpg.Pool,
     matcher: Subscriber,
@@ -142,6 +146,9 @@ async def _scan(
             changes = await logdb.read_changes(
                 conn, position, limit=read_batch, tables=tables, topics=topics
             )
+            gone = await logdb.pruned_through(conn)
+            if gone > position:
+                raise Pruned(gone)
         for ch in changes:
             frame = matcher.route(ch)
             position = ch.position

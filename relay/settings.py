@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     )
     log_format: str = Field(default="auto", pattern="^(auto|json|text)$")
     log_level: str = "info"
+    retention_seconds: float = Field(
+        default=86400.0, gt=0, description="keep changes this long (default 24 h)"
+    )
+    retention_count: int | None = Field(
+        default=None, ge=1, description="also keep at most this many newest positions"
+    )
+    prune_interval_seconds: float = Field(default=60.0, gt=0, description="pruning cadence")
     application_name: str = Field(
         default="relay", description="application_name of the relay's database sessions"
     )

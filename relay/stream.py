@@ -179,6 +179,23 @@ class EventStream:
                     changes = await logdb.read_changes(
                         conn, cursor, upto=upto, limit=self.read_batch, tables=tables, topics=topics
                     )
+                    gone = await logdb.pruned_through(conn)
+                if gone > cursor:  # pruned while replaying: these rows may be missing
+                    await self._send(
+                        send,
+                        [
+                            system_frame(
+                                {
+                                    "status": "RESYNC_REQUIRED",
+                                    "reason": "retention",
+                                    "oldest": gone + 1,
+                                    "position": upto,
+                                }
+                            )
+                        ],
+                    )
+                    cursor = upto
+                    continue
                 batch = [f for ch in changes if (f := sub.route(ch)) is not None]
                 if batch:
                     self.sent += len(batch)

@@ -315,6 +315,46 @@ as $$
       from relay.batches
 $$;
 
+-- Retention: delete the oldest committed batches (at most max_batches per
+-- call, so no long locks) that are older than max_age or beyond the newest
+-- keep_count positions. One pruner at a time (advisory lock); returns the
+-- number of batches removed (0 when another pruner holds the lock).
+-- relay.meta.pruned_through is raised in the same transaction: a resume from
+-- below it gets RESYNC_REQUIRED instead of a silent gap.
+create or replace function relay.prune(
+    max_age interval default '24 hours',
+    keep_count bigint default null,
+    max_batches integer default 5000
+) returns integer
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_ids bigint[];
+    v_last bigint;
+    v_head bigint;
+begin
+    if not pg_try_advisory_xact_lock(7265636, 2) then
+        return 0;
+    end if;
+    select max(last_pos) into v_head from relay.batches;
+    select array_agg(id), max(last_pos) into v_ids, v_last
+      from (select id, last_pos from relay.batches
+             where committed_at < now() - max_age
+                or (keep_count is not null and last_pos <= v_head - keep_count)
+             order by last_pos
+             limit max_batches) s;
+    if v_ids is null then
+        return 0;
+    end if;
+    update relay.meta set pruned_through = greatest(pruned_through, v_last);
+    delete from relay.changes where batch = any (v_ids);
+    delete from relay.batches where id = any (v_ids);
+    return array_length(v_ids, 1);
+end;
+$$;
+
 -- Topic authorization. The default relay.can_subscribe allows service_role,
 -- and otherwise only topics of a registered family `family:{id}` whose row
 -- {id} (primary key) of the mapped watched table the claims own. The

@@ -89,6 +89,7 @@ class RelayServer:
     relay: Relay
     server: Server
     thread: threading.Thread
+    loop: asyncio.AbstractEventLoop
 
     def token(self, **kw: Any) -> str:
         return make_token(SECRET, **kw)
@@ -149,14 +150,22 @@ def start_relay(dsn: str, **overrides: Any) -> RelayServer:
     app = create_app(relay)
     server = make_server(relay, app, "127.0.0.1", port)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def serve() -> None:
+        loops.append(asyncio.get_running_loop())
+        await server.serve()
+
+    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("relay did not start")
         time.sleep(0.02)
-    return RelayServer(url=f"http://127.0.0.1:{port}", relay=relay, server=server, thread=thread)
+    return RelayServer(
+        url=f"http://127.0.0.1:{port}", relay=relay, server=server, thread=thread, loop=loops[0]
+    )
 
 
 @pytest.fixture(scope="session")

@@ -253,6 +253,7 @@ def create_app(relay: Relay, *, start: bool = True) -> Starlette:
             max_bytes=settings.max_outbox_bytes,
             read_batch=settings.read_batch,
             expiry_margin=settings.token_expiry_margin,
+            close_grace=settings.close_grace_seconds,
         )
 
     async def changes(request: Request) -> Response:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from relay.changes import (
@@ -65,6 +65,7 @@ class Subscriber:
         "last_activity",
         "_waiter",
         "_expiry",
+        "on_server_close",
     )
 
     def __init__(
@@ -96,6 +97,8 @@ class Subscriber:
         self.last_activity = time.monotonic()
         self._waiter: asyncio.Future[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        # called once when the server closes the stream (not the client)
+        self.on_server_close: Callable[[str], None] | None = None
 
     def route(self, change: Change) -> bytes | None:
         """The frame this subscriber gets for `change`, or None if it gets nothing."""
@@ -184,6 +187,8 @@ class Subscriber:
             self._expiry.cancel()
             self._expiry = None
         self.wake()
+        if reason != CLIENT and self.on_server_close is not None:
+            self.on_server_close(reason)
 
     def wake(self) -> None:
         w = self._waiter

@@ -8,12 +8,28 @@ instead of running into its timeout; clients resume on another process.
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from relay.app import Relay
 from relay.hub import SHUTDOWN
+from relay.stream import TRANSPORT_KEY
+
+
+class TransportExposingProtocol(HttpToolsProtocol):
+    """httptools protocol that puts the connection's transport in the ASGI scope.
+
+    ASGI has no way to drop a connection whose peer stopped reading: a write to
+    it waits forever. The stream uses this to abort such a connection after it
+    was closed server-side (TOO_SLOW, TOKEN_EXPIRED, SHUTDOWN) and did not drain.
+    """
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        extensions = cast(dict[str, Any], self.scope.setdefault("extensions", {}))
+        extensions[TRANSPORT_KEY] = self.transport
 
 
 class Server(uvicorn.Server):
@@ -39,6 +55,7 @@ def make_server(relay: Relay, app: Any, host: str, port: int, **kw: Any) -> Serv
         log_config=None,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        http=TransportExposingProtocol,
         **kw,
     )
     return Server(config, relay)

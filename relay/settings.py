@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -34,6 +34,9 @@ class Settings(BaseSettings):
         default=10_000, ge=1, description="per stream; beyond it the stream gets TOO_SLOW"
     )
     max_outbox_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    close_grace_seconds: float = Field(
+        default=5.0, gt=0, description="a server-closed stream that has not drained is cut"
+    )
     max_subscriptions: int = Field(default=50, ge=1, description="sub= plus topic= per stream")
     max_filter_length: int = Field(default=4096, ge=16)
     max_in_values: int = Field(default=100, ge=1)
@@ -60,6 +63,15 @@ class Settings(BaseSettings):
     application_name: str = Field(
         default="relay", description="application_name of the relay's database sessions"
     )
+
+    @model_validator(mode="after")
+    def _outbox_holds_a_batch(self) -> Settings:
+        if self.max_outbox_events < self.read_batch:
+            raise ValueError(
+                "RELAY_MAX_OUTBOX_EVENTS must be at least RELAY_READ_BATCH: one read of the "
+                "log is queued at once, and a smaller outbox would drop even fast clients"
+            )
+        return self
 
     @field_validator("cors_origins", mode="before")
     @classmethod

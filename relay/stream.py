@@ -29,6 +29,10 @@ from relay.subscriptions import SubscriptionSet
 
 log = logging.getLogger("relay.stream")
 
+# The ASGI scope extension where the server puts the connection's transport
+# (relay.server.TransportExposingProtocol); absent under other servers.
+TRANSPORT_KEY = "relay.transport"
+
 HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache, no-store"),
@@ -53,6 +57,7 @@ class EventStream:
         max_bytes: int,
         read_batch: int,
         expiry_margin: float,
+        close_grace: float = 5.0,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         self.hub = hub
@@ -66,6 +71,7 @@ class EventStream:
         self.max_bytes = max_bytes
         self.read_batch = read_batch
         self.expiry_margin = expiry_margin
+        self.close_grace = close_grace
         self.extra_headers = extra_headers or []
         self.sent = 0
 
@@ -94,6 +100,17 @@ class EventStream:
         start = hub.position
         after, resync = self._resume_point(sub, start, head, oldest)
         watcher = asyncio.ensure_future(_watch_disconnect(receive, sub))
+        abort_timer: list[asyncio.TimerHandle] = []
+        transport = scope.get("extensions", {}).get(TRANSPORT_KEY)
+        if transport is not None:
+
+            def abort_later(reason: str) -> None:
+                # a peer that stopped reading never lets the final frame drain
+                abort_timer.append(
+                    asyncio.get_running_loop().call_later(self.close_grace, transport.abort)
+                )
+
+            sub.on_server_close = abort_later
         opened = time.monotonic()
         try:
             await send(
@@ -111,6 +128,8 @@ class EventStream:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()
+            for timer in abort_timer:
+                timer.cancel()
             hub.unsubscribe(sub)
             log.info(
                 "stream closed",

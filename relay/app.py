@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any
 
 import asyncpg
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -34,6 +35,7 @@ from relay.dsn import as_url
 from relay.hub import SHUTDOWN, Hub
 from relay.listener import Listener
 from relay.longpoll import changes_page
+from relay.metrics import StreamStats, registry_for
 from relay.principal import Principal
 from relay.settings import Settings
 from relay.stream import EventStream
@@ -84,6 +86,9 @@ class Relay:
         self._tasks: list[asyncio.Task[None]] = []
         self.demo_tokens: list[dict[str, str]] = []  # set in demo mode only
         self.prune_runs = 0
+        self.stats = StreamStats()
+        self.last_head = 0
+        self.metrics = registry_for(self)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -254,6 +259,7 @@ def create_app(relay: Relay, *, start: bool = True) -> Starlette:
             read_batch=settings.read_batch,
             expiry_margin=settings.token_expiry_margin,
             close_grace=settings.close_grace_seconds,
+            stats=relay.stats,
         )
 
     async def changes(request: Request) -> Response:
@@ -305,6 +311,14 @@ def create_app(relay: Relay, *, start: bool = True) -> Starlette:
 
     async def broadcast_schema(request: Request) -> Response:
         return JSONResponse(schemas())
+
+    async def metrics(request: Request) -> Response:
+        try:
+            async with relay.pool.acquire() as conn:
+                relay.last_head = await logdb.current_position(conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            pass  # lag is then computed against the last head seen
+        return Response(generate_latest(relay.metrics), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -364,6 +378,7 @@ def create_app(relay: Relay, *, start: bool = True) -> Starlette:
         Mount("/static", StaticFiles(packages=[("relay", "static")]), name="static"),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/stream", _Endpoint(stream), methods=["GET"]),
         Route("/v1/changes", _Endpoint(changes), methods=["GET"]),
         Route("/v1/broadcast", _Endpoint(broadcast), methods=["POST"]),

@@ -392,6 +392,10 @@ class Hub:
                 return False
         return True
 
+    def stream_counts(self) -> dict[tuple[str, str], int]:
+        """Open streams per subscribed table."""
+        return {key: len(idx.all) for key, idx in self._tables.items()}
+
     def send_keepalives(self, now: float | None = None) -> int:
         """Queue a keep-alive comment for every stream idle for 2/3 of the interval."""
         now = time.monotonic() if now is None else now

@@ -7,6 +7,7 @@ instead of running into its timeout; clients resume on another process.
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import Any, cast
 
@@ -47,6 +48,10 @@ class Server(uvicorn.Server):
 
 
 def make_server(relay: Relay, app: Any, host: str, port: int, **kw: Any) -> Server:
+    """uvicorn with no access log: request lines carry `access_token` query strings."""
+    access = logging.getLogger("uvicorn.access")
+    access.handlers = []
+    access.propagate = False
     config = uvicorn.Config(
         app,
         host=host,

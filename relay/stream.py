@@ -24,6 +24,7 @@ from starlette.types import Message, Receive, Scope, Send
 from relay import logdb
 from relay.changes import system_frame
 from relay.hub import CLIENT, Hub, Subscriber
+from relay.metrics import StreamStats
 from relay.principal import Principal
 from relay.subscriptions import SubscriptionSet
 
@@ -58,6 +59,7 @@ class EventStream:
         read_batch: int,
         expiry_margin: float,
         close_grace: float = 5.0,
+        stats: StreamStats | None = None,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         self.hub = hub
@@ -72,6 +74,7 @@ class EventStream:
         self.read_batch = read_batch
         self.expiry_margin = expiry_margin
         self.close_grace = close_grace
+        self.stats = stats or StreamStats()
         self.extra_headers = extra_headers or []
         self.sent = 0
 
@@ -100,6 +103,7 @@ class EventStream:
         start = hub.position
         after, resync = self._resume_point(sub, start, head, oldest)
         watcher = asyncio.ensure_future(_watch_disconnect(receive, sub))
+        self.stats.opened += 1
         abort_timer: list[asyncio.TimerHandle] = []
         transport = scope.get("extensions", {}).get(TRANSPORT_KEY)
         if transport is not None:
@@ -125,12 +129,14 @@ class EventStream:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 # The client reconnects (retry:) and resumes from its last id.
                 log.warning("stream ended by database error: %s", type(exc).__name__)
+                sub.close_reason = sub.close_reason or "error"
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()
             for timer in abort_timer:
                 timer.cancel()
             hub.unsubscribe(sub)
+            self.stats.disconnects[sub.close_reason or CLIENT] += 1
             log.info(
                 "stream closed",
                 extra={
@@ -166,7 +172,9 @@ class EventStream:
         return last, None
 
     async def _send(self, send: Send, frames: list[bytes]) -> None:
-        await send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
+        body = b"".join(frames)
+        self.stats.bytes_sent += len(body)
+        await send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def _run(
         self,
@@ -218,6 +226,7 @@ class EventStream:
                 batch = [f for ch in changes if (f := sub.route(ch)) is not None]
                 if batch:
                     self.sent += len(batch)
+                    self.stats.replayed += len(batch)
                     await self._send(send, batch)
                 cursor = changes[-1].position if len(changes) == self.read_batch else upto
             if sub.closed or not sub.take_overflow():

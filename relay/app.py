@@ -112,7 +112,8 @@ class Relay:
         ]
 
     async def stop(self) -> None:
-        self.hub.close_all(SHUTDOWN, {"status": SHUTDOWN, "retry": self.settings.retry_ms})
+        retry = self.settings.retry_ms
+        self.hub.close_all(SHUTDOWN, {"status": SHUTDOWN, "retry": retry}, retry_ms=retry)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:

@@ -414,8 +414,10 @@ class Hub:
             await asyncio.sleep(self.keepalive_seconds / 3)
             self.send_keepalives()
 
-    def close_all(self, reason: str, payload: dict[str, Any] | None = None) -> None:
-        """Close every stream with a final `system` event (shutdown)."""
-        frame = system_frame(payload or {"status": reason})
+    def close_all(
+        self, reason: str, payload: dict[str, Any] | None = None, retry_ms: int | None = None
+    ) -> None:
+        """Close every stream with a final `system` event (shutdown), with a `retry:` hint."""
+        frame = system_frame(payload or {"status": reason}, retry_ms)
         for s in list(self.subscribers):
             s.close(reason, frame)

@@ -7,8 +7,10 @@ instead of running into its timeout; clients resume on another process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
+from collections.abc import Generator
 from typing import Any, cast
 
 import uvicorn
@@ -40,10 +42,22 @@ class Server(uvicorn.Server):
         super().__init__(config)
         self.relay = relay
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """As uvicorn's, but a drained SIGTERM/SIGINT ends with exit status 0.
+
+        (uvicorn re-raises the signal after its graceful shutdown; for relay a
+        drained stop is a normal stop, which process managers expect as 0.)
+        """
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        self.relay.hub.close_all(
-            SHUTDOWN, {"status": SHUTDOWN, "retry": self.relay.settings.retry_ms}
-        )
+        for server in self.servers:  # stop accepting first, so no stream opens after
+            server.close()
+        retry = self.relay.settings.retry_ms
+        self.relay.hub.close_all(SHUTDOWN, {"status": SHUTDOWN, "retry": retry}, retry_ms=retry)
         await super().shutdown(sockets)
 
 
@@ -59,7 +73,7 @@ def make_server(relay: Relay, app: Any, host: str, port: int, **kw: Any) -> Serv
         access_log=False,  # query strings may carry tokens
         log_config=None,
         lifespan="on",
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=int(relay.settings.shutdown_timeout_seconds),
         http=TransportExposingProtocol,
         **kw,
     )

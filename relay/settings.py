@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     close_grace_seconds: float = Field(
         default=5.0, gt=0, description="a server-closed stream that has not drained is cut"
     )
+    shutdown_timeout_seconds: float = Field(
+        default=10.0, ge=1, description="on SIGTERM, wait this long for streams to drain"
+    )
     max_subscriptions: int = Field(default=50, ge=1, description="sub= plus topic= per stream")
     max_filter_length: int = Field(default=4096, ge=16)
     max_in_values: int = Field(default=100, ge=1)

@@ -28,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay import logdb
-from relay.auth import Authenticator, AuthError, token_from
+from relay.auth import Authenticator, AuthError, JwksKeys, token_from
 from relay.broadcasts import TYPED_EVENTS, BroadcastRequest, schemas
 from relay.catalog import Catalog
 from relay.dsn import as_url
@@ -65,10 +65,24 @@ def parse_last_event_id(value: str | None) -> tuple[int | None, bool]:
 class Relay:
     """The running relay: settings, pool, catalog, hub and listener of one process."""
 
-    def __init__(self, settings: Settings, dsn: str, secret: str) -> None:
+    def __init__(self, settings: Settings, dsn: str, secret: str | None) -> None:
         self.settings = settings
         self.dsn = dsn = as_url(dsn)
-        self.auth = Authenticator(secret, leeway=settings.jwt_leeway)
+        jwks = None
+        if settings.jwks_url or settings.jwks_file:
+            jwks = JwksKeys(
+                url=settings.jwks_url,
+                path=settings.jwks_file,
+                min_refresh=settings.jwks_min_refresh_seconds,
+            )
+        self.auth = Authenticator(
+            secret,
+            leeway=settings.jwt_leeway,
+            jwks=jwks,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            org_claims=tuple(c.strip() for c in settings.jwt_org_claim.split(",") if c.strip()),
+        )
         self.hub = Hub(keepalive_seconds=settings.keepalive_seconds)
         self.catalog = Catalog()
         self._catalog_loaded_at = -1.0
@@ -158,9 +172,9 @@ class Relay:
                 self.catalog = await logdb.load_catalog(conn)
             self._catalog_loaded_at = started
 
-    def principal(self, request: Request) -> Principal:
+    async def principal(self, request: Request) -> Principal:
         token = token_from(request.headers, request.query_params, request.cookies)
-        return self.auth.verify(token)
+        return await self.auth.verify(token)
 
     async def parse(self, request: Request, principal: Principal) -> SubscriptionSet:
         """Subscriptions of a request; an unknown table re-reads the catalog once."""
@@ -241,7 +255,18 @@ def create_app(relay: Relay, *, start: bool = True) -> Starlette:
     settings = relay.settings
 
     async def stream(request: Request) -> Response | ASGIApp:
-        principal = relay.principal(request)
+        principal = await relay.principal(request)
+        if (
+            not principal.is_service
+            and principal.sub is not None
+            and relay.hub.streams_of(principal.sub) >= settings.max_streams_per_user
+        ):
+            return error(
+                429,
+                "too_many_streams",
+                f"this user already has {settings.max_streams_per_user} open streams "
+                "(RELAY_MAX_STREAMS_PER_USER); close some, or carry several sub= on one",
+            )
         subs = await relay.parse(request, principal)
         await relay.authorize_topics(principal, subs)
         header = request.headers.get("last-event-id")
@@ -264,7 +289,7 @@ def create_app(relay: Relay, *, start: bool = True) -> Starlette:
         )
 
     async def changes(request: Request) -> Response:
-        principal = relay.principal(request)
+        principal = await relay.principal(request)
         subs = await relay.parse(request, principal)
         await relay.authorize_topics(principal, subs)
         return await changes_page(
@@ -277,7 +302,7 @@ def create_app(relay: Relay, *, start: bool = True) -> Starlette:
         )
 
     async def broadcast(request: Request) -> Response:
-        principal = relay.principal(request)
+        principal = await relay.principal(request)
         if not principal.is_service:
             return error(403, "forbidden", "only a service_role token may broadcast")
         raw = await request.body()

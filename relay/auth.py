@@ -7,15 +7,20 @@ with the token in words a developer can act on, never echoing the token.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 
 from relay.principal import Principal
 
-ALGORITHMS = ["HS256"]
+ASYMMETRIC = ("RS256", "ES256")
+log = logging.getLogger("relay.auth")
 
 
 class AuthError(Exception):
@@ -43,38 +48,118 @@ def token_from(
     return None
 
 
-def _orgs(claims: Mapping[str, Any]) -> frozenset[str]:
-    orgs: set[str] = set()
-    one = claims.get("org_id")
-    if isinstance(one, str) and one:
-        orgs.add(one)
-    many = claims.get("org_ids")
-    if isinstance(many, list):
-        orgs.update(o for o in many if isinstance(o, str) and o)
-    return frozenset(orgs)
+def _claim(claims: Mapping[str, Any], path: str) -> Any:
+    """A claim by dotted path (`app_metadata.org_id`); None if absent."""
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
 
 
-def principal_from_claims(claims: dict[str, Any]) -> Principal:
+def _strings(value: Any) -> set[str]:
+    if isinstance(value, str) and value:
+        return {value}
+    if isinstance(value, list):
+        return {v for v in value if isinstance(v, str) and v}
+    return set()
+
+
+def principal_from_claims(
+    claims: dict[str, Any], org_claims: tuple[str, ...] = ("org_id", "org_ids")
+) -> Principal:
+    """The principal of verified claims; orgs come from every path in `org_claims`."""
     sub = claims.get("sub")
     role = claims.get("role")
     exp = claims.get("exp")
+    orgs: set[str] = set()
+    for path in org_claims:
+        orgs |= _strings(_claim(claims, path))
     return Principal(
         sub=sub if isinstance(sub, str) and sub else None,
-        orgs=_orgs(claims),
+        orgs=frozenset(orgs),
         role=role if isinstance(role, str) else None,
         exp=float(exp) if isinstance(exp, int | float) else None,
         claims=claims,
     )
 
 
-class Authenticator:
-    """Verifies HS256 tokens signed with the relay's secret."""
+class JwksKeys:
+    """Public keys by `kid`, from a JWKS file or URL; an unknown `kid` refetches.
 
-    def __init__(self, secret: str, *, leeway: float = 0.0) -> None:
+    Invariant: at most one fetch per `min_refresh` seconds whatever tokens
+    arrive (a flood of made-up kids cannot hammer the identity provider), and
+    keys are refreshed every `max_age` seconds so rotation is picked up.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str | None = None,
+        path: str | None = None,
+        min_refresh: float = 30.0,
+        max_age: float = 3600.0,
+    ) -> None:
+        self.url = url
+        self.path = path
+        self.min_refresh = min_refresh
+        self.max_age = max_age
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at = -1e9
+        self._lock = asyncio.Lock()
+
+    def _load(self, text: str) -> None:
+        keys: dict[str, jwt.PyJWK] = {}
+        for key in jwt.PyJWKSet.from_json(text).keys:
+            if key.key_id:
+                keys[key.key_id] = key
+        self._keys = keys
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            if time.monotonic() - self._fetched_at < self.min_refresh:
+                return
+            self._fetched_at = time.monotonic()
+            if self.path is not None:
+                self._load(await asyncio.to_thread(Path(self.path).read_text))
+            elif self.url is not None:
+                async with httpx.AsyncClient(timeout=5) as client:
+                    r = await client.get(self.url)
+                    r.raise_for_status()
+                    self._load(r.text)
+
+    async def get(self, kid: str) -> jwt.PyJWK | None:
+        stale = time.monotonic() - self._fetched_at > self.max_age
+        if kid not in self._keys or stale:
+            try:
+                await self.refresh()
+            except (OSError, httpx.HTTPError, jwt.exceptions.PyJWKSetError, ValueError) as exc:
+                log.warning("JWKS refresh failed: %s", type(exc).__name__)
+        return self._keys.get(kid)
+
+
+class Authenticator:
+    """Verifies tokens: HS256 with the relay's secret, RS256/ES256 against a JWKS."""
+
+    def __init__(
+        self,
+        secret: str | None,
+        *,
+        leeway: float = 0.0,
+        jwks: JwksKeys | None = None,
+        audience: str | None = None,
+        issuer: str | None = None,
+        org_claims: tuple[str, ...] = ("org_id", "org_ids"),
+    ) -> None:
         self._secret = secret
         self._leeway = leeway
+        self._jwks = jwks
+        self._audience = audience
+        self._issuer = issuer
+        self._org_claims = org_claims
 
-    def verify(self, token: str | None) -> Principal:
+    async def verify(self, token: str | None) -> Principal:
         if not token:
             raise AuthError(
                 "missing_token",
@@ -88,17 +173,34 @@ class Authenticator:
         except jwt.exceptions.DecodeError:
             raise AuthError("invalid_token", "token is not a well-formed JWT") from None
         alg = header.get("alg")
-        if alg not in ALGORITHMS:
+        key: Any
+        if alg == "HS256" and self._secret:
+            key = self._secret
+        elif alg in ASYMMETRIC and self._jwks is not None:
+            kid = header.get("kid")
+            if not isinstance(kid, str) or not kid:
+                raise AuthError("invalid_token", f"{alg} token has no 'kid' header")
+            jwk = await self._jwks.get(kid)
+            if jwk is None:
+                raise AuthError("invalid_token", f"no key with kid {kid[:40]!r} in the JWKS")
+            key = jwk.key
+        else:
+            accepted = (["HS256"] if self._secret else []) + (
+                list(ASYMMETRIC) if self._jwks is not None else []
+            )
             raise AuthError(
                 "invalid_token",
-                f"token algorithm {str(alg)[:20]!r} is not accepted (expected HS256)",
+                f"token algorithm {str(alg)[:20]!r} is not accepted "
+                f"(expected {' or '.join(accepted) or 'none configured'})",
             )
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
-                self._secret,
-                algorithms=ALGORITHMS,
-                options={"require": ["exp"], "verify_aud": False},
+                key,
+                algorithms=[alg],
+                options={"require": ["exp"], "verify_aud": self._audience is not None},
+                audience=self._audience,
+                issuer=self._issuer,
                 leeway=self._leeway,
             )
         except jwt.exceptions.ExpiredSignatureError:
@@ -111,9 +213,13 @@ class Authenticator:
             raise AuthError(
                 "invalid_token", "token signature does not verify (signed with another key?)"
             ) from None
+        except jwt.exceptions.InvalidAudienceError:
+            raise AuthError("invalid_token", "token audience (aud) is not accepted") from None
+        except jwt.exceptions.InvalidIssuerError:
+            raise AuthError("invalid_token", "token issuer (iss) is not accepted") from None
         except jwt.exceptions.InvalidTokenError as exc:
             raise AuthError("invalid_token", f"token is invalid: {str(exc)[:100]}") from None
-        return principal_from_claims(claims)
+        return principal_from_claims(claims, self._org_claims)
 
 
 def make_token(

@@ -59,15 +59,16 @@ def _serve(args: argparse.Namespace, *, with_worker: bool) -> None:
         if applied:
             print(f"relay: migrated ({', '.join(applied)})", flush=True)
         secret = secret or demo_secret(settings.data_dir)
-    if not secret:
+    if not secret and not (settings.jwks_url or settings.jwks_file):
         sys.exit(
-            "relay: RELAY_JWT_SECRET is not set; refusing to start without authentication "
+            "relay: neither RELAY_JWT_SECRET nor RELAY_JWKS_URL/RELAY_JWKS_FILE is set; "
+            "refusing to start without authentication "
             "(unset RELAY_DATABASE_URL to run the embedded demo instead)"
         )
     relay = Relay(settings, dsn, secret)
     app = create_app(relay)
     url = f"http://{settings.host}:{settings.port}"
-    if embedded or with_worker:
+    if (embedded or with_worker) and secret:
         relay.demo_tokens = demo_tokens(secret)
         first = relay.demo_tokens[0]
         print(f"relay: demo token ({first['label']}, 24 h): {first['token']}", flush=True)

@@ -267,6 +267,7 @@ class Hub:
         self.published = 0
         self.delivered = 0
         self._advanced: asyncio.Future[None] | None = None
+        self._per_user: dict[str, int] = {}
 
     def subscribe(
         self,
@@ -289,6 +290,8 @@ class Hub:
             skip_through=skip_through,
         )
         self.subscribers.add(sub)
+        if principal.sub is not None:
+            self._per_user[principal.sub] = self._per_user.get(principal.sub, 0) + 1
         for key in subs.tables:
             idx = self._tables.get(key)
             if idx is None:
@@ -315,6 +318,12 @@ class Hub:
         if sub not in self.subscribers:
             return
         self.subscribers.discard(sub)
+        if sub.principal.sub is not None:
+            left = self._per_user.get(sub.principal.sub, 1) - 1
+            if left:
+                self._per_user[sub.principal.sub] = left
+            else:
+                self._per_user.pop(sub.principal.sub, None)
         if sub._expiry is not None:
             sub._expiry.cancel()
             sub._expiry = None
@@ -391,6 +400,10 @@ class Hub:
             except TimeoutError:
                 return False
         return True
+
+    def streams_of(self, user: str) -> int:
+        """Open streams of one token `sub`."""
+        return self._per_user.get(user, 0)
 
     def stream_counts(self) -> dict[tuple[str, str], int]:
         """Open streams per subscribed table."""

@@ -27,6 +27,20 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     jwt_secret: str | None = Field(default=None, description="HS256 secret for tokens")
+    jwks_url: str | None = Field(default=None, description="JWKS URL for RS256/ES256 tokens")
+    jwks_file: str | None = Field(default=None, description="local JWKS file (instead of URL)")
+    jwks_min_refresh_seconds: float = Field(
+        default=30.0, ge=0, description="at most one JWKS fetch per this many seconds"
+    )
+    jwt_audience: str | None = Field(default=None, description="required `aud`, if set")
+    jwt_issuer: str | None = Field(default=None, description="required `iss`, if set")
+    jwt_org_claim: str = Field(
+        default="org_id,org_ids",
+        description="claim path(s) holding the org id(s), comma-separated, dotted",
+    )
+    max_streams_per_user: int = Field(
+        default=100, ge=1, description="open streams per token `sub` (429 beyond)"
+    )
     jwt_leeway: float = Field(default=0.0, ge=0, description="seconds of leeway on exp")
     keepalive_seconds: float = Field(default=15.0, gt=0)
     retry_ms: int = Field(default=2000, ge=0, description="EventSource retry: hint")

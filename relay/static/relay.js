@@ -75,7 +75,7 @@ class Relay {
     const first = o.lastEventId ?? saved;
     this.pos = first == null || first === '' ? null : String(first);
     addEventListener('pagehide', () => this._save(true));
-    addEventListener('online', () => this.status !== LIVE && this._restart());
+    addEventListener('online', () => !this.closed && this.status !== LIVE && this._restart());
     addEventListener('offline', () => this._set(OFF, this.transport));
   }
   channel(name, o) { return new Channel(this, name, o) }
@@ -96,9 +96,10 @@ class Relay {
     if (position != null) { this.pos = String(position); for (const ch of this.channels) ch.pos = this.pos }
     this.mode = 'sse'; this.fails = 0; this._restart(0);
   }
-  disconnect() { this._stop(); for (const ch of this.channels) ch._status('CLOSED'); this._set(OFF, null) }
+  disconnect() { this.closed = true; this._stop(); for (const ch of this.channels) ch._status('CLOSED'); this._set(OFF, null) }
 
   _add(ch) {
+    this.closed = false;
     ch.pos = ch.since != null ? String(ch.since) : this.pos;
     if (ch.pos != null && this.pos != null && gt(ch.pos, this.pos)) ch.pos = this.pos;
     this.channels.add(ch); this._restart(30);
@@ -118,7 +119,7 @@ class Relay {
     this.gen++; clearTimeout(this.timer); clearTimeout(this.trialTimer);
     this.es?.close(); this.trial?.close(); this.es = this.trial = null; this.abort?.abort();
   }
-  _restart(ms = 0) { this._stop(); const g = this.gen; this.timer = after(ms, () => g === this.gen && this._connect()) }
+  _restart(ms = 0) { this._stop(); if (this.closed) return; const g = this.gen; this.timer = after(ms, () => g === this.gen && this._connect()) }
   _connect() {
     const live = [...this.channels].filter(c => c.state !== 'CHANNEL_ERROR');
     this.joining = live;
@@ -178,8 +179,9 @@ class Relay {
   _system(d, g, es) {
     const s = d.status;
     if (s === 'RESYNC_REQUIRED') {
-      this.pos = d.position != null ? String(d.position) : this.pos;
-      for (const ch of this.channels) ch.pos = this.pos;
+      const p = d.position != null ? String(d.position) : this.pos; // a truncate only moves forward
+      for (const ch of this.channels) if (d.reason !== 'truncate' || gt(p, ch.pos)) ch.pos = p;
+      if (d.reason !== 'truncate' || gt(p, this.pos)) this.pos = p;
       for (const cb of this.listeners.resync) cb(d);
     }
     for (const ch of this.channels) for (const b of ch.bindings) b.type === 'system' && b.cb(d);

@@ -134,7 +134,7 @@ def _migrate(args: argparse.Namespace) -> None:
     print("relay: applied " + (", ".join(applied) if applied else "nothing (up to date)"))
 
 
-async def _tail(dsn: str, subs: Sequence[str], topics: Sequence[str]) -> None:
+async def _tail(dsn: str, subs: Sequence[str], topics: Sequence[str], count: int = 0) -> None:
     from relay.dsn import as_url
 
     dsn = as_url(dsn)
@@ -163,6 +163,7 @@ async def _tail(dsn: str, subs: Sequence[str], topics: Sequence[str]) -> None:
     sub = hub.subscribe(principal, subset, max_events=1_000_000, max_bytes=1 << 30)
     sub.replaying = False
     task = asyncio.create_task(listener.run())
+    printed = 0
     try:
         while True:
             frames, closed = await sub.wait()
@@ -170,8 +171,9 @@ async def _tail(dsn: str, subs: Sequence[str], topics: Sequence[str]) -> None:
                 line = _frame_json(frame)
                 if line is not None:
                     sys.stdout.write(line + "\n")
+                    printed += 1
             sys.stdout.flush()
-            if closed:
+            if closed or (count and printed >= count):
                 return
     finally:
         task.cancel()
@@ -194,15 +196,38 @@ def _frame_json(frame: bytes) -> str | None:
     return orjson.dumps(out).decode() if "event" in out else None
 
 
+async def _tail_url(
+    url: str, token: str, subs: Sequence[str], topics: Sequence[str], after: int | None, count: int
+) -> None:
+    from relay.client import RelayClient
+
+    n = 0
+    async with RelayClient(url, token=token, last_id=after) as rc:
+        async for change in rc.subscribe(*subs, topic=list(topics)):
+            sys.stdout.write(change.model_dump_json() + "\n")
+            sys.stdout.flush()
+            n += 1
+            if count and n >= count:
+                return
+
+
 def _tail_cmd(args: argparse.Namespace) -> None:
     settings = Settings()
+    if args.url:
+        if not args.token:
+            sys.exit("relay tail: --url needs --token (a JWT the relay accepts)")
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(
+                _tail_url(args.url, args.token, args.subs, args.topic or [], args.after, args.count)
+            )
+        return
     dsn = args.database_url or settings.database_url
     if not dsn:
         sys.exit("relay tail: set RELAY_DATABASE_URL or pass --database-url")
     if not args.subs and not args.topic:
         sys.exit("relay tail: give at least one SUB (e.g. jobs:UPDATE) or --topic")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_tail(dsn, args.subs, args.topic or []))
+        asyncio.run(_tail(dsn, args.subs, args.topic or [], args.count))
 
 
 def _token_cmd(args: argparse.Namespace) -> None:
@@ -243,7 +268,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = cmds.add_parser("tail", help="print matching changes as JSON lines")
     p.add_argument("subs", nargs="*", metavar="SUB", help="e.g. jobs:UPDATE:status=eq.running")
     p.add_argument("--topic", action="append", help="a broadcast topic (repeatable)")
-    p.add_argument("--database-url", default=None)
+    p.add_argument("--database-url", default=None, help="read the database directly")
+    p.add_argument("--url", default=None, help="or read a relay (with --token)")
+    p.add_argument("--token", default=None)
+    p.add_argument("--after", type=int, default=None, help="with --url: resume after this")
+    p.add_argument("--count", type=int, default=0, help="stop after this many events")
     p = cmds.add_parser("token", help="print a signed token (RELAY_JWT_SECRET or the demo's)")
     p.add_argument("--sub", default=None)
     p.add_argument("--org", action="append", help="an org id (repeatable)")

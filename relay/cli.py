@@ -250,6 +250,43 @@ def _token_cmd(args: argparse.Namespace) -> None:
     )
 
 
+def _dsn_or_exit(args: argparse.Namespace, cmd: str) -> str:
+    dsn = args.database_url or Settings().database_url
+    if not dsn:
+        sys.exit(f"relay {cmd}: set RELAY_DATABASE_URL or pass --database-url")
+    return str(dsn)
+
+
+def _status_cmd(args: argparse.Namespace) -> None:
+    from relay.status import format_status, status
+
+    settings = Settings()
+    snap = status(_dsn_or_exit(args, "status"))
+    if args.json:
+        print(orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode())
+        return
+    retention = f"{settings.retention_seconds:g} s" + (
+        f", newest {settings.retention_count} positions" if settings.retention_count else ""
+    )
+    print(format_status(snap, retention))
+
+
+def _watch_cmd(args: argparse.Namespace) -> None:
+    import psycopg
+
+    from relay.status import unwatch, watch
+
+    dsn = _dsn_or_exit(args, args.cmd)
+    try:
+        if args.cmd == "watch":
+            watch(dsn, args.table, args.user_column, args.org_column, args.exclude or [])
+        else:
+            unwatch(dsn, args.table)
+    except psycopg.Error as exc:
+        sys.exit(f"relay {args.cmd}: {str(exc).strip()}")
+    print(f"relay: {args.cmd}ed {args.table}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="relay", description="PostgreSQL row changes to browsers over SSE"
@@ -278,6 +315,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--org", action="append", help="an org id (repeatable)")
     p.add_argument("--role", default="authenticated")
     p.add_argument("--ttl", type=float, default=3600.0)
+    p = cmds.add_parser("status", help="watched tables, log size and bounds, connected relays")
+    p.add_argument("--database-url", default=None)
+    p.add_argument("--json", action="store_true")
+    p = cmds.add_parser("watch", help="start capturing a table (relay.watch)")
+    p.add_argument("table")
+    p.add_argument("--user-column", default=None)
+    p.add_argument("--org-column", default=None)
+    p.add_argument("--exclude", action="append", help="a column never captured (repeatable)")
+    p.add_argument("--database-url", default=None)
+    p = cmds.add_parser("unwatch", help="stop capturing a table (relay.unwatch)")
+    p.add_argument("table")
+    p.add_argument("--database-url", default=None)
+    cmds.add_parser("config", help="print the configuration reference (markdown)")
     args = parser.parse_args(argv)
     logging.captureWarnings(True)
     if args.cmd == "serve":
@@ -290,6 +340,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         _tail_cmd(args)
     elif args.cmd == "token":
         _token_cmd(args)
+    elif args.cmd == "status":
+        _status_cmd(args)
+    elif args.cmd in ("watch", "unwatch"):
+        _watch_cmd(args)
+    elif args.cmd == "config":
+        from relay.config_doc import markdown
+
+        print(markdown())
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ class Listener:
         self.caught_up_at = 0.0
         self.reconnects = 0
         self.changes_read = 0
-        self.head_seen = 0
+        self._reported_at = 0.0
 
     @property
     def ready(self) -> bool:
@@ -149,7 +149,17 @@ class Listener:
                 self._hub.publish(changes, self.position)
             if len(changes) < self._batch:
                 self.caught_up_at = time.monotonic()
+                if self.caught_up_at - self._reported_at > 1.0:
+                    await self._report(conn)
                 return
+
+    async def _report(self, conn: asyncpg.Connection) -> None:
+        """Show the position read in pg_stat_activity (`relay status` computes lag from it)."""
+        self._reported_at = time.monotonic()
+        await conn.execute(
+            "select set_config('application_name', $1, false)",
+            f"{self._application_name} pos={self.position}"[:63],
+        )
 
     async def stop(self) -> None:
         await self._close()

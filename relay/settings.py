@@ -24,8 +24,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         default=Path(".relay-data"), description="where the embedded Postgres keeps its data"
     )
-    host: str = "127.0.0.1"
-    port: int = 8080
+    host: str = Field(default="127.0.0.1", description="address to listen on")
+    port: int = Field(default=8080, ge=0, le=65535, description="port to listen on")
     jwt_secret: str | None = Field(default=None, description="HS256 secret for tokens")
     jwks_url: str | None = Field(default=None, description="JWKS URL for RS256/ES256 tokens")
     jwks_file: str | None = Field(default=None, description="local JWKS file (instead of URL)")
@@ -42,12 +42,16 @@ class Settings(BaseSettings):
         default=100, ge=1, description="open streams per token `sub` (429 beyond)"
     )
     jwt_leeway: float = Field(default=0.0, ge=0, description="seconds of leeway on exp")
-    keepalive_seconds: float = Field(default=15.0, gt=0)
+    keepalive_seconds: float = Field(
+        default=15.0, gt=0, description="a `: keep-alive` comment at least this often"
+    )
     retry_ms: int = Field(default=2000, ge=0, description="EventSource retry: hint")
     max_outbox_events: int = Field(
-        default=10_000, ge=1, description="per stream; beyond it the stream gets TOO_SLOW"
+        default=10_000, ge=1, description="per stream, events queued before TOO_SLOW"
     )
-    max_outbox_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_outbox_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="per stream, bytes queued before TOO_SLOW"
+    )
     close_grace_seconds: float = Field(
         default=5.0, gt=0, description="a server-closed stream that has not drained is cut"
     )
@@ -55,21 +59,27 @@ class Settings(BaseSettings):
         default=10.0, ge=1, description="on SIGTERM, wait this long for streams to drain"
     )
     max_subscriptions: int = Field(default=50, ge=1, description="sub= plus topic= per stream")
-    max_filter_length: int = Field(default=4096, ge=16)
-    max_in_values: int = Field(default=100, ge=1)
+    max_filter_length: int = Field(default=4096, ge=16, description="characters per filter")
+    max_in_values: int = Field(default=100, ge=1, description="values in one `in.(...)`")
     read_batch: int = Field(default=2000, ge=1, description="log rows per read")
     poll_seconds: float = Field(
         default=1.0, gt=0, description="log read interval when no doorbell rings"
     )
-    ready_max_lag: float = Field(default=5.0, gt=0)
+    ready_max_lag: float = Field(
+        default=5.0, gt=0, description="/readyz is 503 when the log is unread this long"
+    )
     token_expiry_margin: float = Field(
         default=1.0, ge=0, description="TOKEN_EXPIRED is sent this many seconds before exp"
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed cross-origin (comma-separated)"
     )
-    log_format: str = Field(default="auto", pattern="^(auto|json|text)$")
-    log_level: str = "info"
+    log_format: str = Field(
+        default="auto",
+        pattern="^(auto|json|text)$",
+        description="`json` lines, `text`, or `auto` (json when not on a terminal)",
+    )
+    log_level: str = Field(default="info", description="debug, info, warning, error")
     retention_seconds: float = Field(
         default=86400.0, gt=0, description="keep changes this long (default 24 h)"
     )

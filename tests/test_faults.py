@@ -43,7 +43,7 @@ def test_listener_terminated_reconnects_and_delivers_everything(
         reconnects = listener.reconnects
         killed = db.execute(
             "select count(pg_terminate_backend(pid)) from pg_stat_activity "
-            "where application_name = %s",
+            "where split_part(application_name, ' ', 1) = %s",
             (name,),
         ).fetchone()[0]
         assert killed == 1

@@ -171,7 +171,7 @@ const onBroadcast = {
     const stream = S.streams[m.stream_id];
     toast({
       kind: target ? 'target' : 'milestone',
-      icon: target ? '🎯' : '🏁',
+      icon: target ? '◎' : '★',
       title: m.title,
       body: stream ? `${stream.name} · ${m.description}` : m.description,
     });
@@ -215,8 +215,8 @@ async function loadUsers() {
   const link = sessionStorage.getItem('dash:link');
   if (link) {
     const c = claimsOf(link);
-    const who = c.role === 'service_role' ? 'service role' : `${c.sub || 'user'} (${[].concat(c.org_ids || c.org_id || []).join(', ') || 'no org'})`;
-    list.push({ label: `${who} · from link`, token: link, link: true });
+    const who = c.role === 'service_role' ? 'service role' : `${c.sub || 'user'} (${[].concat(c.org_ids || c.org_id || []).join(', ') || 'no org'})`.slice(0, 60);
+    list.push({ label: `${who} · link`, token: link, link: true });
   }
   try {
     const r = await fetch('/demo/tokens', { cache: 'no-store' });
@@ -286,17 +286,18 @@ async function start(u) {
   if (gen !== generation) return;
   relay = createRelay(location.origin, { token: () => tokenFor(u), lastEventId: from, storageKey: false });
   relay.onStatus(showConnection);
-  relay.onResync((info) => {
+  const onResync = (info) => {
+    if (info.status !== 'RESYNC_REQUIRED') return;
     if (info.reason === 'truncate') {
       const key = Object.entries({ streams: 'streams', jobs: 'jobs', agent_tasks: 'tasks', bulk_enrichment_jobs: 'enrich' })
         .find(([t]) => t === info.table);
       if (key) S[key[1]] = {};
       touch();
     }
-    toast({ kind: 'info', icon: '↻', title: 'Caught up', body: 'Some history is no longer kept: showing changes from now on.' });
-  });
+    toast({ kind: 'info', icon: '↻', title: 'Caught up', body: info.reason === 'truncate' ? `${info.table} was emptied` : 'Some history is no longer kept: showing changes from now on.' });
+  };
   const mine = claims.role !== 'service_role' && claims.sub;
-  const main = relay.channel('dashboard');
+  const main = relay.channel('dashboard').on('system', {}, onResync);
   for (const table of Object.keys(onRow)) {
     const filter = table === 'bulk_enrichment_jobs' && mine ? `user_id=eq."${String(claims.sub).replace(/[\\"]/g, '\\$&')}"` : undefined;
     main.on('postgres_changes', { event: '*', schema: 'public', table, filter }, handleRow);
@@ -439,9 +440,9 @@ function renderCard(s) {
   bar.firstChild.style.width = `${Math.min(100, p.pct)}%`;
   const bump = bumps[s.id];
   bumps = {};
-  if (bump > 0) {
+  if (bump > 0) { // one "+N" at a time: a new burst replaces the one still floating
     const b = el('span', 'bump', `+${bump}`);
-    $('bump-host').append(b);
+    $('bump-host').replaceChildren(b);
     setTimeout(() => b.remove(), 1800);
   }
   keyed($('card-ticks'), [25, 50, 75, 100], (m) => m, (m) => el('span', 'tick', `${m}%`), (e, m) => {

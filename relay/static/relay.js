@@ -1,309 +1,235 @@
-// relay.js: browser client for relay. Plain ES module, no build step; API after supabase-js.
-// All channels share ONE EventSource; a changed set of channels reopens it from the last
-// position. When the stream cannot get through it long-polls /v1/changes, retrying later.
-const LIVE = 'Live', RECON = 'Reconnecting…', OFF = 'Offline';
-const gt = (a, b) => b == null || (a.length !== b.length ? a.length > b.length : a > b);
-const after = (ms, f) => setTimeout(f, ms);
-const exp = t => { try { return JSON.parse(atob(t.split('.')[1].replace(/-/g, '+').replace(/_/g, '/'))).exp } catch { return 0 } };
+// relay.js: browser client for relay, API after supabase-js. All channels share one EventSource
+// (reopened from the last position when they change); long-polls when streams cannot get through.
+export const LIVE = 'Live', RECONNECTING = 'Reconnecting…', OFFLINE = 'Offline';
+const CE = 'CHANNEL_ERROR';
+const gt = (a, b) => b == null || (a.length - b.length || (a > b) - (a < b)) > 0; // decimal strings
+const later = (ms, f) => setTimeout(f, ms);
+// Tells apart bindings of one table with different filters (eq, neq, in on plain values;
+// anything else counts as a match: the relay filtered exactly).
+const matches = (f, row) => f.split(/,(?![^(]*\))/).every(c => {
+	const [, col, not, op, v] = /^\s*(\w+)=(not\.)?(eq|neq|in)\.([\w .@-]*|\([\w .@,-]*\))\s*$/.exec(c) || [], a = row[col];
+	if (!op || /[\da-f]{8}-/i.test(v)) return true;
+	const r = (op == 'in' ? v.slice(1, -1).split(/\s*,\s*/) : [v]).some(x => typeof a == 'number' ? +x === a : x === String(a)) != (op == 'neq');
+	return a != null && (not ? !r : r);
+});
+const table = c => `${c.schema || 'public'}.${c.table}`;
+const params = ch => ch.bindings.flatMap(({ type, cfg: c }) => type == 'broadcast' ? [['topic', ch.topic]] : type == 'system' ? []
+	: [['sub', `${table(c)}:${c.event || '*'}${c.filter ? ':' + c.filter : ''}`, c], ...c.select ? [['select', [c.select].join()]] : []]);
+const setState = (ch, s, err) => ch.state != s && (ch.state = s, ch.cb?.(s, err));
 
-function split(s) { // on commas outside quotes and parentheses
-  const out = []; let cur = '', q = 0, d = 0;
-  for (let i = 0; i < s.length; i++) {
-    const c = s[i];
-    if (q && c === '\\') { cur += c + s[++i]; continue }
-    if (c === '"') q ^= 1; else if (!q && c === '(') d++; else if (!q && c === ')') d--;
-    else if (!q && !d && c === ',') { out.push(cur.trim()); cur = ''; continue }
-    cur += c;
-  }
-  return out.concat(cur.trim());
+export function createRelay(url, options) {
+	url = (url || location.origin).replace(/\/+$/, '');
+	const o = { fallbackAfter: 3, openTimeout: 10000, streamRetry: 60000, pollWait: 25, storageKey: 'relay:position:' + url, ...options };
+	const chans = new Set(), ls = [];
+	let status = OFFLINE, transport = null, sse = 1, gen = 0, fails = 0, errs = 0, tokFails = 0, pos = o.lastEventId;
+	let tok, es, trial, abort, timer, trialTimer, closed, joining = [], query = [], filters = {};
+	try { pos ??= o.storageKey && sessionStorage.getItem(o.storageKey) } catch { }
+	pos = pos || pos === 0 ? String(pos) : null;
+
+	const position = () => { // a connection resumes from the lowest position of any channel
+		let p = pos;
+		for (const c of chans) if (c.pos != null && gt(p ?? c.pos, c.pos)) p = c.pos;
+		return p;
+	};
+	const save = () => { try { o.storageKey && sessionStorage.setItem(o.storageKey, position() ?? '') } catch { } };
+	const set = (s, t) => (s != status || t != transport) && (status = s, transport = t, ls.forEach(f => f(s, t)));
+	const fail = (t = transport) => {
+		set(++errs > 4 || !navigator.onLine ? OFFLINE : RECONNECTING, t); // backoff .5 s .. 15 s
+		return Math.min(15e3, 500 * 2 ** Math.min(errs - 1, 5)) * (.75 + Math.random() / 2);
+	};
+	const stop = () => { gen++; clearTimeout(timer); clearTimeout(trialTimer); es?.close(); trial?.close(); abort?.abort() };
+	const restart = (ms = 0) => { stop(); const g = gen; closed || (timer = later(ms, () => g == gen && connect())) };
+	const token = async () => o.token?.call ? tok ??= await o.token() : o.token || null; // a provider is asked again after 401/TOKEN_EXPIRED
+	const qs = x => {
+		const q = new URLSearchParams(query);
+		for (const k in x) x[k] != null && q.append(k, x[k]);
+		return q;
+	};
+	const init = (t, signal) => ({ signal, credentials: 'include', headers: t ? { authorization: 'Bearer ' + t } : {} });
+	const probe = async (q, t) => { // the same request as JSON: token, channel or proxy problem?
+		try {
+			const r = await fetch(`${url}/v1/changes?${new URLSearchParams(q)}&limit=1`, init(t ?? await token()));
+			return { status: r.status, body: await r.json().catch(() => 0) };
+		} catch { return {} }
+	};
+
+	function connect() {
+		const p = new Map();
+		joining = [...chans].filter(c => c.state != CE);
+		filters = {};
+		for (const ch of joining) for (const [k, v, c] of params(ch)) {
+			p.set(k + v, [k, v]);
+			if (c) (filters[table(c)] ||= new Set()).add(c.filter || '');
+		}
+		query = [...p.values()];
+		if (!query.length) return set(OFFLINE, null);
+		sse ? stream(gen) : (poll(gen), retryStream());
+	}
+
+	async function stream(g, isTrial) {
+		let t, ok;
+		try { t = await token() } catch { return failed(g) }
+		if (g != gen) return;
+		const s = new EventSource(`${url}/v1/stream?${qs({ access_token: t, last_event_id: position() })}`, { withCredentials: true });
+		isTrial ? trial = s : es = s;
+		const done = () => (s.close(), clearTimeout(tm), g == gen);
+		const tm = later(o.openTimeout, () => { // no SUBSCRIBED: a buffering proxy? long-poll
+			if (!done() || isTrial) return isTrial && retryStream();
+			joining.forEach(c => setState(c, 'TIMED_OUT'));
+			toPoll();
+		});
+		s.addEventListener('system', e => {
+			const d = JSON.parse(e.data), p = String(d.position);
+			if (d.status == 'SUBSCRIBED') {
+				ok = 1; clearTimeout(tm);
+				if (isTrial) { abort?.abort(); es = s; sse = 1 }
+				fails = 0; pos ??= p;
+				joining.forEach(c => c.pos ??= p);
+				live('sse');
+			}
+			system(d, g, s);
+		});
+		for (const type of ['postgres_changes', 'broadcast']) s.addEventListener(type, e => deliver(e.lastEventId, type, JSON.parse(e.data)));
+		s.onerror = () => done() && (isTrial && !ok ? retryStream() : failed(g, ok));
+	}
+
+	function system(d, g, s) {
+		const st = d.status, p = d.position == null ? pos : String(d.position), fwd = d.reason == 'truncate';
+		if (st == 'RESYNC_REQUIRED') { // a truncate only moves positions forward
+			if (!fwd || gt(p, pos)) pos = p;
+			for (const c of chans) if (!fwd || gt(p, c.pos)) c.pos = p;
+		}
+		for (const c of chans) for (const b of c.bindings) b.type == 'system' && b.cb(d);
+		if (!s || s != es) return;
+		if (st == 'TOKEN_EXPIRED') tok = null;
+		if (st == 'TOKEN_EXPIRED' || st == 'TOO_SLOW') restart();
+		if (st == 'SHUTDOWN') s.close(), failed(g, 1, d.retry ?? 1000);
+	}
+
+	function live(t) {
+		errs = tokFails = 0;
+		set(LIVE, t);
+		joining.forEach(c => setState(c, 'SUBSCRIBED'));
+	}
+
+	function deliver(id, type, d) {
+		id = String(id);
+		for (const ch of chans) {
+			if (!gt(id, ch.pos)) continue;
+			ch.pos = id;
+			for (const { type: t, cfg: c, cb } of ch.bindings) {
+				const ev = c.event || '*';
+				if (t != type) continue;
+				if (t == 'broadcast') d.topic == ch.topic && (ev == '*' || ev == d.event) && cb({ type, ...d, id });
+				else if (table(d) == table(c) && (ev == '*' || ev == d.eventType) && (!c.filter || filters[table(c)]?.size < 2
+					|| matches(c.filter, (d.eventType == 'DELETE' ? d.old : d.new) || {}))) cb({ ...d, id });
+			}
+		}
+		if (gt(id, pos)) pos = id;
+		save();
+	}
+
+	async function failed(g, wasLive, wait) {
+		if (g != gen) return;
+		const delay = fail();
+		if (!wasLive) {
+			const r = await probe(query);
+			if (g != gen) return;
+			if (refusal(r, g)) return;
+			if (r.status == 200 && ++fails >= o.fallbackAfter) return toPoll();
+		}
+		timer = later(wait || delay, () => g == gen && stream(g));
+	}
+
+	function refusal(r, g) { // 401: new token; 400/403: find the refused channels
+		if (r?.status == 401) {
+			if (o.token?.call && ++tokFails < 3) return (tok = null, timer = later(tokFails > 1 ? 1e3 : 0, () => g == gen && connect()), 1);
+			joining.forEach(c => setState(c, CE, Error('relay: token refused (401)')));
+			return stop(), set(OFFLINE, null), 1;
+		}
+		if (r?.status != 400 && r?.status != 403) return;
+		(async () => {
+			const t = await token().catch(() => null);
+			let bad;
+			for (const ch of joining) {
+				const r = await probe(params(ch).map(([k, v]) => [k, v]), t);
+				if (r.status == 400 || r.status == 403) bad = setState(ch, CE, Error(r.body?.message || 'relay: ' + r.status)) || 1;
+			}
+			if (g != gen) return;
+			bad || joining.forEach(c => setState(c, CE, Error('relay: subscriptions refused')));
+			restart();
+		})();
+		return 1;
+	}
+
+	function toPoll() { stop(); sse = fails = 0; connect() }
+
+	function retryStream(g = gen) {
+		clearTimeout(trialTimer);
+		trialTimer = later(o.streamRetry, () => g == gen && !sse && stream(g, 1));
+	}
+
+	async function poll(g) {
+		let wait = 0;
+		while (g == gen && !sse) {
+			let r, j, ac = abort = new AbortController();
+			try {
+				r = await fetch(`${url}/v1/changes?${qs({ after: position(), limit: 500, wait })}`, init(await token(), ac.signal));
+				j = r.ok && await r.json();
+			} catch { }
+			if (g != gen || sse) return;
+			if (refusal(r, g)) return;
+			if (!j) { await new Promise(f => later(fail('long-poll'), f)); continue }
+			if (j.resync_required) { system({ status: 'RESYNC_REQUIRED', ...j }); continue }
+			live('long-poll');
+			for (const e of j.events) deliver(e.id, e.event, e.data);
+			const p = String(j.position);
+			if (gt(p, pos)) pos = p;
+			chans.forEach(c => gt(p, c.pos) && (c.pos = p));
+			save();
+			wait = j.more ? 0 : o.pollWait;
+		}
+	}
+
+	function removeChannel(ch) {
+		if (chans.delete(ch)) setState(ch, 'CLOSED'), restart(30);
+		return Promise.resolve('ok');
+	}
+
+	addEventListener('online', () => status != LIVE && restart());
+
+	return {
+		channel(name, co = {}) {
+			const ch = {
+				name, topic: co.topic || name, bindings: [], state: 'CLOSED',
+				on(type, cfg, cb) {
+					if (typeof cfg == 'function') [cb, cfg] = [cfg];
+					if (!/^(postgres_changes|broadcast|system)$/.test(type)) throw Error('relay.js: no ' + type);
+					ch.bindings.push({ type, cfg: cfg || {}, cb });
+					return ch;
+				},
+				subscribe(cb) { // from `since` (a position) or from where the page is
+					const s = co.since == null ? pos : String(co.since);
+					ch.pos = s != null && pos != null && gt(s, pos) ? pos : s;
+					ch.cb = cb; ch.state = 'JOINING'; closed = 0;
+					chans.add(ch); restart(30);
+					return ch;
+				},
+				unsubscribe: () => removeChannel(ch),
+			};
+			return ch;
+		},
+		removeChannel,
+		removeAllChannels: () => chans.forEach(removeChannel),
+		getChannels: () => [...chans],
+		onStatus(cb) { ls.push(cb); cb(status, transport); return () => ls.splice(ls.indexOf(cb) >>> 0, 1) },
+		reconnect(p) {
+			if (p != null) { pos = String(p); chans.forEach(c => c.pos = pos) }
+			sse = 1; fails = 0; restart();
+		},
+		disconnect() { closed = 1; stop(); chans.forEach(c => setState(c, 'CLOSED')); set(OFFLINE, null) },
+		get status() { return status },
+		get transport() { return transport },
+		get position() { return position() },
+	};
 }
-const unq = v => v[0] === '"' ? v.slice(1, -1).replace(/\\(.)/g, '$1') : v;
-const OPS = { eq: c => c === 0, neq: c => c !== 0, lt: c => c < 0, lte: c => c <= 0, gt: c => c > 0, gte: c => c >= 0 };
-// Client-side check, used only to tell apart bindings on one table with different filters.
-// Anything it cannot decide exactly as Postgres would counts as a match (the server filtered).
-function matches(filter, row) {
-  return split(filter).every(cond => {
-    const m = /^([^=]+)=(not\.)?(\w+)\.([\s\S]*)$/.exec(cond);
-    if (!m) return true;
-    const a = row[m[1].trim()], op = m[3];
-    if (op === 'is' || (a != null && typeof a !== 'number' && typeof a !== 'boolean' && (!/^[\w .@-]*$/.test(a) || /^[\da-f]{8}-/i.test(a)))) return true;
-    if (a == null) return !OPS[op] && op !== 'in';
-    const cmp = v => typeof a === 'number' ? (v = Number(v), a < v ? -1 : a > v ? 1 : a === v ? 0 : NaN) : (a = String(a), a < v ? -1 : a > v ? 1 : 0);
-    let r;
-    if (op === 'in') r = split(m[4].replace(/^\(|\)$/g, '')).some(x => x !== '' && cmp(unq(x)) === 0);
-    else if (OPS[op]) r = OPS[op](cmp(unq(m[4])));
-    else return true;
-    return m[2] ? !r : r;
-  });
-}
-
-class Channel {
-  constructor(relay, name, o = {}) {
-    Object.assign(this, { relay, name, topic: o.topic || name, since: o.since, bindings: [], state: 'CLOSED', pos: null });
-  }
-  on(type, cfg, cb) {
-    if (typeof cfg === 'function') [cb, cfg] = [cfg, {}];
-    if (!['postgres_changes', 'broadcast', 'system'].includes(type)) throw new Error(`relay.js: '${type}' is not supported`);
-    if (type === 'postgres_changes' && !cfg.table) throw new Error('relay.js: postgres_changes needs a table');
-    this.bindings.push({ type, cfg: cfg || {}, cb });
-    return this;
-  }
-  subscribe(cb) { this.cb = cb; this.state = 'JOINING'; this.relay._add(this); return this }
-  unsubscribe() { this.relay.removeChannel(this); return Promise.resolve('ok') }
-  _status(s, err) { if (this.state !== s) { this.state = s; this.cb?.(s, err) } }
-  params() {
-    const p = [];
-    for (const { type, cfg } of this.bindings) {
-      if (type === 'postgres_changes') {
-        p.push(['sub', `${cfg.schema || 'public'}.${cfg.table}:${cfg.event || '*'}${cfg.filter ? ':' + cfg.filter : ''}`]);
-        if (cfg.select) p.push(['select', [].concat(cfg.select).join(',')]);
-      } else if (type === 'broadcast' && !p.some(x => x[0] === 'topic')) p.push(['topic', this.topic]);
-    }
-    return p;
-  }
-}
-
-class Relay {
-  constructor(url, o = {}) {
-    this.url = (url || location.origin).replace(/\/+$/, '');
-    this.o = { fallbackAfter: 3, openTimeout: 10000, streamRetry: 60000, pollWait: 25, pollLimit: 500, offlineAfter: 5, maxDelay: 15000, storageKey: 'relay:position:' + this.url, ...o };
-    this.cross = new URL(this.url, location.href).origin !== location.origin;
-    this.channels = new Set(); this.listeners = { status: new Set(), resync: new Set() };
-    this.status = OFF; this.transport = null; this.mode = 'sse'; this.gen = 0; this.fails = 0; this.errs = 0;
-    let saved = null;
-    try { saved = this.o.storageKey && sessionStorage.getItem(this.o.storageKey) } catch {}
-    const first = o.lastEventId ?? saved;
-    this.pos = first == null || first === '' ? null : String(first);
-    addEventListener('pagehide', () => this._save(true));
-    addEventListener('online', () => !this.closed && this.status !== LIVE && this._restart());
-    addEventListener('offline', () => this._set(OFF, this.transport));
-  }
-  channel(name, o) { return new Channel(this, name, o) }
-  getChannels() { return [...this.channels] }
-  removeChannel(ch) {
-    if (this.channels.delete(ch)) { ch._status('CLOSED'); this._restart(30) }
-    return Promise.resolve('ok');
-  }
-  removeAllChannels() { for (const ch of [...this.channels]) this.removeChannel(ch) }
-  onStatus(cb) { this.listeners.status.add(cb); cb(this.status, this.transport); return () => this.listeners.status.delete(cb) }
-  onResync(cb) { this.listeners.resync.add(cb); return () => this.listeners.resync.delete(cb) }
-  get position() { // where a new connection resumes: the lowest position any channel holds
-    let p = this.pos;
-    for (const ch of this.channels) if (ch.pos != null && (p == null || gt(p, ch.pos))) p = ch.pos;
-    return p;
-  }
-  reconnect(position) {
-    if (position != null) { this.pos = String(position); for (const ch of this.channels) ch.pos = this.pos }
-    this.mode = 'sse'; this.fails = 0; this._restart(0);
-  }
-  disconnect() { this.closed = true; this._stop(); for (const ch of this.channels) ch._status('CLOSED'); this._set(OFF, null) }
-
-  _add(ch) {
-    this.closed = false;
-    ch.pos = ch.since != null ? String(ch.since) : this.pos;
-    if (ch.pos != null && this.pos != null && gt(ch.pos, this.pos)) ch.pos = this.pos;
-    this.channels.add(ch); this._restart(30);
-  }
-  _set(status, transport) {
-    if (status === this.status && transport === this.transport) return;
-    this.status = status; this.transport = transport;
-    for (const cb of this.listeners.status) cb(status, transport);
-  }
-  _save(now) {
-    if (!this.o.storageKey || (this.saving && !now)) return;
-    this.saving = true;
-    const w = () => { this.saving = false; try { const p = this.position; p != null && sessionStorage.setItem(this.o.storageKey, p) } catch {} };
-    now ? w() : after(250, w);
-  }
-  _stop() {
-    this.gen++; clearTimeout(this.timer); clearTimeout(this.trialTimer);
-    this.es?.close(); this.trial?.close(); this.es = this.trial = null; this.abort?.abort();
-  }
-  _restart(ms = 0) { this._stop(); if (this.closed) return; const g = this.gen; this.timer = after(ms, () => g === this.gen && this._connect()) }
-  _connect() {
-    const live = [...this.channels].filter(c => c.state !== 'CHANNEL_ERROR');
-    this.joining = live;
-    const p = new Map();
-    for (const ch of live) for (const [k, v] of ch.params()) p.set(k + '=' + v, [k, v]);
-    this.query = [...p.values()];
-    this.checked = {}; // tables whose bindings disagree on the filter need a client-side check
-    for (const ch of live) for (const b of ch.bindings) if (b.type === 'postgres_changes') {
-      const t = `${b.cfg.schema || 'public'}.${b.cfg.table}`;
-      (this.checked[t] ||= new Set()).add(b.cfg.filter || '');
-    }
-    if (!this.query.length) return this._set(OFF, null);
-    if (this.mode === 'poll') { this._poll(this.gen); this._scheduleTrial() } else this._stream(this.gen, false);
-  }
-  async _token(force) {
-    const t = this.o.token;
-    if (typeof t !== 'function') return t || null;
-    if (force || !this.tok || exp(this.tok) * 1000 < Date.now() + 5000) this.tok = await t();
-    return this.tok;
-  }
-  _qs(extra) {
-    const q = new URLSearchParams(this.query);
-    for (const [k, v] of Object.entries(extra)) v != null && q.append(k, v);
-    return q;
-  }
-  async _stream(g, trial) {
-    let tok;
-    try { tok = await this._token() } catch (e) { return this._failed(g, false, 0) }
-    if (g !== this.gen) return;
-    const es = new EventSource(`${this.url}/v1/stream?${this._qs({ access_token: tok, last_event_id: this.position })}`, { withCredentials: this.cross });
-    let ok = false;
-    trial ? (this.trial = es) : (this.es = es);
-    const done = () => { es.close(); clearTimeout(timeout); return g === this.gen };
-    const timeout = after(this.o.openTimeout, () => {
-      if (!done() || trial) return trial && this._scheduleTrial();
-      for (const ch of this.joining) ch._status('TIMED_OUT');
-      this._toPoll(); // a buffering proxy holds the stream back: long-poll instead
-    });
-    es.addEventListener('system', e => {
-      const d = JSON.parse(e.data);
-      if (d.status === 'SUBSCRIBED') {
-        ok = true; clearTimeout(timeout);
-        if (trial) { this.abort?.abort(); this.pgen = -1; this.es = es; this.trial = null; this.mode = 'sse' }
-        this.fails = 0;
-        this._live('sse', d.position);
-      }
-      this._system(d, g, es);
-    });
-    for (const type of ['postgres_changes', 'broadcast'])
-      es.addEventListener(type, e => this._deliver(e.lastEventId, type, JSON.parse(e.data)));
-    es.onerror = () => {
-      if (!done()) return;
-      if (trial && !ok) return this._scheduleTrial();
-      this._failed(g, ok, 0);
-    };
-  }
-  _system(d, g, es) {
-    const s = d.status;
-    if (s === 'RESYNC_REQUIRED') {
-      const p = d.position != null ? String(d.position) : this.pos; // a truncate only moves forward
-      for (const ch of this.channels) if (d.reason !== 'truncate' || gt(p, ch.pos)) ch.pos = p;
-      if (d.reason !== 'truncate' || gt(p, this.pos)) this.pos = p;
-      for (const cb of this.listeners.resync) cb(d);
-    }
-    for (const ch of this.channels) for (const b of ch.bindings) b.type === 'system' && b.cb(d);
-    if (es !== this.es) return;
-    if (s === 'TOKEN_EXPIRED') this.tok = null;
-    if (s === 'TOKEN_EXPIRED' || s === 'TOO_SLOW') this._restart(0); // resumes from this.position
-    else if (s === 'SHUTDOWN') { es.close(); this._failed(g, true, d.retry ?? 1000) }
-  }
-  _live(transport, position) {
-    if (position != null) {
-      const p = String(position);
-      if (this.pos == null) this.pos = p;
-      for (const ch of this.joining) if (ch.pos == null) ch.pos = p;
-    }
-    this.errs = 0; this.tokFails = 0;
-    this._set(LIVE, transport);
-    for (const ch of this.joining) ch._status('SUBSCRIBED');
-  }
-  _deliver(id, type, d) {
-    id = String(id);
-    for (const ch of this.channels) {
-      if (!gt(id, ch.pos)) continue;
-      ch.pos = id;
-      for (const b of ch.bindings) {
-        if (b.type !== type) continue;
-        const c = b.cfg;
-        if (type === 'broadcast') {
-          if (d.topic === ch.topic && (!c.event || c.event === '*' || c.event === d.event))
-            b.cb({ type, event: d.event, payload: d.payload, topic: d.topic, id });
-        } else if (d.table === c.table && d.schema === (c.schema || 'public') && (!c.event || c.event === '*' || c.event === d.eventType)) {
-          const row = d.eventType === 'DELETE' ? d.old : d.new;
-          if (!c.filter || this.checked[`${d.schema}.${d.table}`]?.size < 2 || matches(c.filter, row || {})) b.cb({ ...d, id });
-        }
-      }
-    }
-    if (gt(id, this.pos)) this.pos = id;
-    this._save();
-  }
-  async _failed(g, wasLive, wait) {
-    if (g !== this.gen) return;
-    this.errs++;
-    this._set(this.errs >= this.o.offlineAfter || navigator.onLine === false ? OFF : RECON, this.transport);
-    if (!wasLive) {
-      const r = await this._probe(this.query);
-      if (g !== this.gen) return;
-      if (r.status === 401) return this._unauthorized(g);
-      if (r.status === 400 || r.status === 403) return this._channelErrors(g);
-      if (r.status === 200 && ++this.fails >= this.o.fallbackAfter) return this._toPoll();
-    }
-    const delay = wait || Math.min(this.o.maxDelay, 500 * 2 ** Math.min(this.errs - 1, 8)) * (0.75 + Math.random() / 2);
-    this.timer = after(delay, () => g === this.gen && this._stream(g, false));
-  }
-  async _probe(query, tok) { // the same request as JSON: tells a token, channel or proxy problem apart
-    try {
-      tok ??= await this._token();
-      const r = await fetch(`${this.url}/v1/changes?${new URLSearchParams(query)}&limit=1`, this._init(tok));
-      return { status: r.status, body: await r.json().catch(() => null) };
-    } catch { return { status: 0 } }
-  }
-  _init(tok, signal) { return { signal, credentials: this.cross ? 'include' : 'same-origin', headers: tok ? { authorization: 'Bearer ' + tok } : {} } }
-  async _unauthorized(g) {
-    if (typeof this.o.token === 'function' && (this.tokFails = (this.tokFails || 0) + 1) < 3) {
-      this.tok = null;
-      return this.timer = after(this.tokFails > 1 ? 1000 : 0, () => g === this.gen && this._connect());
-    }
-    for (const ch of this.joining) ch._status('CHANNEL_ERROR', new Error('relay: token rejected (401)'));
-    this._stop(); this._set(OFF, null);
-  }
-  async _channelErrors(g) { // find the channels the relay refuses; keep the others going
-    const tok = await this._token().catch(() => null);
-    let bad = 0;
-    for (const ch of this.joining) {
-      const r = await this._probe(ch.params(), tok);
-      if (r.status === 400 || r.status === 403) { bad++; ch._status('CHANNEL_ERROR', new Error(r.body?.message || 'relay: ' + r.status)) }
-    }
-    if (g !== this.gen) return;
-    if (!bad) for (const ch of this.joining) ch._status('CHANNEL_ERROR', new Error('relay: subscriptions refused'));
-    this._restart(0);
-  }
-  _toPoll() {
-    this._stop(); this.mode = 'poll'; this.fails = 0;
-    this._connect();
-  }
-  _scheduleTrial() {
-    clearTimeout(this.trialTimer);
-    const g = this.gen;
-    this.trialTimer = after(this.o.streamRetry, () => g === this.gen && this.mode === 'poll' && this._stream(g, true));
-  }
-  async _poll(g) {
-    this.pgen = g;
-    let wait = 0;
-    while (g === this.gen && this.pgen === g) {
-      const ac = this.abort = new AbortController();
-      let r, j, tok;
-      try {
-        tok = await this._token();
-        r = await fetch(`${this.url}/v1/changes?${this._qs({ after: this.position, limit: this.o.pollLimit, wait })}`, this._init(tok, ac.signal));
-        if (r.ok) j = await r.json();
-      } catch { }
-      if (g !== this.gen || this.pgen !== g) return;
-      if (r?.status === 401) return this._unauthorized(g);
-      if (r?.status === 400 || r?.status === 403) return this._channelErrors(g);
-      if (!j) {
-        this.errs++;
-        this._set(this.errs >= this.o.offlineAfter || navigator.onLine === false ? OFF : RECON, 'long-poll');
-        await new Promise(res => after(Math.min(this.o.maxDelay, 500 * 2 ** Math.min(this.errs - 1, 8)), res));
-        continue;
-      }
-      if (j.resync_required) {
-        this._system({ status: 'RESYNC_REQUIRED', reason: j.reason, oldest: j.oldest, position: j.position }, g, {});
-        continue;
-      }
-      this._live('long-poll');
-      for (const e of j.events) this._deliver(e.id, e.event, typeof e.data === 'string' ? JSON.parse(e.data) : e.data);
-      const p = String(j.position);
-      for (const ch of this.channels) if (gt(p, ch.pos)) ch.pos = p;
-      if (gt(p, this.pos)) this.pos = p;
-      this._save();
-      wait = j.more ? 0 : this.o.pollWait;
-    }
-  }
-}
-
-export function createRelay(url, options) { return new Relay(url, options) }
-export { Relay, Channel, LIVE, RECON as RECONNECTING, OFF as OFFLINE };

@@ -31,6 +31,7 @@ from relay import logdb
 from relay.auth import Authenticator, AuthError, JwksKeys, token_from
 from relay.broadcasts import TYPED_EVENTS, BroadcastRequest, schemas
 from relay.catalog import Catalog
+from relay.changes import system_frame
 from relay.dsn import as_url
 from relay.hub import SHUTDOWN, Hub
 from relay.listener import Listener
@@ -39,7 +40,7 @@ from relay.metrics import StreamStats, registry_for
 from relay.principal import Principal
 from relay.settings import Settings
 from relay.stream import EventStream
-from relay.subscriptions import RequestError, SubscriptionSet, parse_subscriptions
+from relay.subscriptions import RequestError, SubscriptionSet, parse_subscriptions, stale_reason
 
 log = logging.getLogger("relay.app")
 
@@ -87,6 +88,7 @@ class Relay:
         self.catalog = Catalog()
         self._catalog_loaded_at = -1.0
         self._catalog_lock = asyncio.Lock()
+        self._told: set[tuple[int, str]] = set()
         self._pool: asyncpg.Pool | None = None
         self.listener = Listener(
             dsn,
@@ -171,6 +173,21 @@ class Relay:
             async with self.pool.acquire() as conn:
                 self.catalog = await logdb.load_catalog(conn)
             self._catalog_loaded_at = started
+            self._tell_stale_subscriptions()
+
+    def _tell_stale_subscriptions(self) -> None:
+        """After DDL: a stream whose filter/select names a vanished column is told, once."""
+        live = {id(s) for s in self.hub.subscribers}
+        self._told = {k for k in self._told if k[0] in live}
+        for s in list(self.hub.subscribers):
+            for row in s.subs.rows:
+                problem = stale_reason(row, self.catalog)
+                key = (id(s), row.text)
+                if problem is None or key in self._told:
+                    continue
+                self._told.add(key)
+                if s.push(system_frame({"status": "SUBSCRIPTION_ERROR", **problem})):
+                    s.wake()
 
     async def principal(self, request: Request) -> Principal:
         token = token_from(request.headers, request.query_params, request.cookies)

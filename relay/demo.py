@@ -418,6 +418,7 @@ class OrgWorker:
                     "update agent_tasks set status = 'completed', draft = %s where id = %s",
                     (draft, task_id),
                 )
+                await self.activity(stream_id, AGENTS[3], "completed", f"draft ready for {company}")
                 status = "completed"
             if status != "completed":
                 moved.append((task_id, status, company))

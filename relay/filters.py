@@ -23,7 +23,7 @@ import operator
 import re
 import struct
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -972,7 +972,10 @@ def _compile(pattern: str, flags: int, where: str, what: str) -> re.Pattern[str]
 
 
 def _parse_condition(
-    text: str, columns: Mapping[str, Column], max_in_values: int
+    text: str,
+    columns: Mapping[str, Column],
+    max_in_values: int,
+    unavailable: Collection[str] = (),
 ) -> tuple[Condition, Predicate]:
     equals = text.find("=")
     if equals < 0:
@@ -982,6 +985,8 @@ def _parse_condition(
         raise FilterError(f"condition {_show(text)} has no column name before '='")
     column = columns.get(name)
     if column is None:
+        if name in unavailable:
+            raise FilterError(f"column {_show(name)} is not available (excluded from capture)")
         raise FilterError(f"unknown column {_show(name)}")
     where = f"column {_show(name)}"
 
@@ -1070,6 +1075,7 @@ def parse_filter(
     *,
     max_in_values: int = 100,
     max_length: int = 4096,
+    unavailable: Collection[str] = (),
 ) -> Filter:
     """Parse `text` (``col=[not.]op.value``, joined by ``,``) against the table's `columns`.
 
@@ -1096,7 +1102,7 @@ def parse_filter(
                 raise FilterError(
                     f"condition {number} is empty (a doubled, leading or trailing ',')"
                 )
-            condition, predicate = _parse_condition(part, columns, max_in_values)
+            condition, predicate = _parse_condition(part, columns, max_in_values, unavailable)
             conditions.append(condition)
             predicates.append(predicate)
         return Filter(tuple(conditions), tuple(predicates))

@@ -3,7 +3,9 @@
 Invariant: each migration file is applied at most once per database, in name
 order, inside its own transaction, and recorded in `relay.migrations`;
 concurrent runs serialize on a session advisory lock, so running `relay
-migrate` twice, or from two processes at once, is safe.
+migrate` twice, or from two processes at once, is safe. Every run ends with
+`relay.repair()`, which re-installs capture on the watched tables (a trigger
+dropped by hand comes back).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def migrate(dsn: str, *, demo: bool = False) -> list[str]:
                     conn.execute(m.sql.encode("utf-8"))
                     conn.execute("insert into relay.migrations (version) values (%s)", (m.version,))
                 applied.append(m.version)
+            conn.execute("select relay.repair()")
         finally:
             conn.execute("select pg_advisory_unlock(%s, %s)", MIGRATION_LOCK)
     return applied

@@ -137,6 +137,7 @@ def parse_sub(
                 table.columns,
                 max_in_values=max_in_values,
                 max_length=max_filter_length,
+                unavailable=table.excluded,
             )
         except FilterError as exc:
             raise RequestError(
@@ -153,12 +154,18 @@ def parse_select(text: str, sub: RowSubscription) -> tuple[str, ...]:
         raise RequestError(400, "invalid_select", f"select {_clip(text)!r}: empty column name")
     columns = sub.table.columns
     for n in names:
+        if n in sub.table.excluded:
+            raise RequestError(
+                400,
+                "unknown_column",
+                f"select: column {_clip(n)!r} of {sub.table.qualified} is not available "
+                "(excluded from capture)",
+            )
         if n not in columns:
             raise RequestError(
                 400,
                 "unknown_column",
-                f"select: table {sub.table.qualified} has no column {_clip(n)!r} "
-                "(or it is excluded from capture)",
+                f"select: table {sub.table.qualified} has no column {_clip(n)!r}",
             )
     keep = list(sub.table.pk)
     keep += [n for n in names if n not in keep]
@@ -227,3 +234,15 @@ def parse_subscriptions(
     if not rows and not topics:
         raise RequestError(400, "no_subscription", "give at least one sub= or topic= parameter")
     return SubscriptionSet(rows=tuple(rows), topics=tuple(topics))
+
+
+def stale_reason(sub: RowSubscription, catalog: Catalog) -> dict[str, Any] | None:
+    """Why a live subscription can no longer match as asked (after DDL), or None."""
+    table = catalog.get(sub.table.schema, sub.table.name)
+    if table is None:
+        return {"reason": "table_unwatched", "sub": sub.text}
+    wanted = set(sub.filter.columns if sub.filter is not None else ()) | set(sub.select or ())
+    missing = sorted(wanted - set(table.columns))
+    if missing:
+        return {"reason": "column_missing", "sub": sub.text, "columns": missing}
+    return None

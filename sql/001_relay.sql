@@ -447,19 +447,89 @@ begin
 end;
 $$;
 
--- Event triggers need a superuser; a non-superuser owner migrates without it
--- (dropping a watched table then leaves a stale row that `relay status` shows).
+-- ALTER TABLE on a watched table: keep its recorded name current (RENAME) and
+-- tell the relays to re-read the catalog, so a subscription whose filter or
+-- select names a column that is gone is told instead of going silent.
+create or replace function relay._on_ddl() returns event_trigger
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_any boolean := false;
+begin
+    update relay.watched w
+       set schema_name = n.nspname, table_name = c.relname
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where c.oid = w.relid
+       and w.relid in (select objid from pg_event_trigger_ddl_commands())
+       and (w.schema_name, w.table_name) is distinct from (n.nspname::text, c.relname::text);
+    select exists (select 1 from pg_event_trigger_ddl_commands() d
+                     join relay.watched w on w.relid = d.objid) into v_any;
+    if v_any then
+        perform pg_notify('relay_catalog', '');
+    end if;
+end;
+$$;
+
+-- Event triggers need a superuser; a non-superuser owner migrates without them
+-- (dropping a watched table then leaves a stale row that `relay status` shows,
+-- and `relay migrate` removes).
 do $$
 begin
     if (select rolsuper from pg_roles where rolname = current_user) then
         drop event trigger if exists relay_on_drop;
         create event trigger relay_on_drop on sql_drop execute function relay._on_drop();
+        drop event trigger if exists relay_on_ddl;
+        create event trigger relay_on_ddl on ddl_command_end when tag in ('ALTER TABLE')
+            execute function relay._on_ddl();
     end if;
 end;
 $$;
 
+-- Re-install capture on every watched table (run by every `relay migrate`):
+-- repairs a trigger dropped by hand, forgets tables that no longer exist.
+create or replace function relay.repair() returns integer
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_w relay.watched;
+    v_n integer := 0;
+begin
+    delete from relay.watched w where not exists (select 1 from pg_class c where c.oid = w.relid);
+    for v_w in select * from relay.watched loop
+        perform relay.watch(v_w.relid::regclass, v_w.user_column, v_w.org_column,
+                            v_w.exclude_columns);
+        v_n := v_n + 1;
+    end loop;
+    return v_n;
+end;
+$$;
+
 revoke all on all tables in schema relay from public;
+revoke all on all sequences in schema relay from public;
 revoke all on all functions in schema relay from public;
 grant usage on schema relay to public;
 grant execute on function relay.broadcast(text, text, jsonb, text, text) to public;
 grant execute on function relay.current_position() to public;
+
+-- relay_reader: what a relay process needs, and nothing more. Grant it to the
+-- role the relay logs in as: GRANT relay_reader TO relay_app; (made when the
+-- migrating role may create roles; otherwise the README shows the GRANTs).
+do $$
+begin
+    if not exists (select 1 from pg_roles where rolname = 'relay_reader')
+       and (select rolsuper or rolcreaterole from pg_roles where rolname = current_user) then
+        create role relay_reader nologin;
+    end if;
+    if exists (select 1 from pg_roles where rolname = 'relay_reader') then
+        grant usage on schema relay to relay_reader;
+        grant select on relay.changes, relay.batches, relay.meta, relay.watched to relay_reader;
+        grant execute on function relay.current_position(), relay.can_subscribe(text, jsonb),
+            relay.prune(interval, bigint, integer),
+            relay.broadcast(text, text, jsonb, text, text) to relay_reader;
+    end if;
+end;
+$$;

@@ -279,7 +279,14 @@ def _watch_cmd(args: argparse.Namespace) -> None:
     dsn = _dsn_or_exit(args, args.cmd)
     try:
         if args.cmd == "watch":
-            watch(dsn, args.table, args.user_column, args.org_column, args.exclude or [])
+            watch(
+                dsn,
+                args.table,
+                args.user_column,
+                args.org_column,
+                args.exclude or [],
+                keep_old=not args.no_old,
+            )
         else:
             unwatch(dsn, args.table)
     except psycopg.Error as exc:
@@ -323,6 +330,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--user-column", default=None)
     p.add_argument("--org-column", default=None)
     p.add_argument("--exclude", action="append", help="a column never captured (repeatable)")
+    p.add_argument(
+        "--no-old",
+        action="store_true",
+        help="log only the primary key of old row versions (smaller log)",
+    )
     p.add_argument("--database-url", default=None)
     p = cmds.add_parser("unwatch", help="stop capturing a table (relay.unwatch)")
     p.add_argument("table")

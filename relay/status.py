@@ -112,11 +112,12 @@ def watch(
     user_column: str | None,
     org_column: str | None,
     exclude: list[str],
+    keep_old: bool = True,
 ) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
-            "select relay.watch(%s::regclass, %s, %s, %s::text[])",
-            (table, user_column, org_column, exclude),
+            "select relay.watch(%s::regclass, %s, %s, %s::text[], %s)",
+            (table, user_column, org_column, exclude, keep_old),
         )
 
 

@@ -55,6 +55,7 @@ create table if not exists relay.watched (
     org_column text,
     pk_columns text[] not null,
     exclude_columns text[] not null default '{}',
+    keep_old boolean not null default true,
     watched_at timestamptz not null default now()
 );
 
@@ -127,7 +128,10 @@ create constraint trigger relay_seal
     deferrable initially deferred
     for each row when (new.ord = 1) execute function relay._seal();
 
--- Row capture. TG_ARGV: user column, org column, excluded columns (text[] literal).
+-- Row capture. TG_ARGV: user column, org column, excluded columns (text[]
+-- literal), and, when old row versions are not kept, the primary key columns
+-- (text[] literal): UPDATE/DELETE then log only the key in `old` (the owner of
+-- the old version is still recorded, so visibility is unchanged).
 create or replace function relay._capture() returns trigger
 language plpgsql
 security definer
@@ -137,8 +141,10 @@ declare
     v_user_col text := nullif(tg_argv[0], '');
     v_org_col text := nullif(tg_argv[1], '');
     v_exclude text[] := tg_argv[2]::text[];
+    v_key_only text[] := case when tg_nargs > 3 then tg_argv[3]::text[] end;
     v_new jsonb;
     v_old jsonb;
+    v_old_logged jsonb;
 begin
     if tg_op = 'INSERT' then
         v_new := to_jsonb(new) - v_exclude;
@@ -147,13 +153,19 @@ begin
     elsif tg_op = 'UPDATE' then
         v_new := to_jsonb(new) - v_exclude;
         v_old := to_jsonb(old) - v_exclude;
+        v_old_logged := case when v_key_only is null then v_old
+                             else (select jsonb_object_agg(k, v) from jsonb_each(v_old) e(k, v)
+                                    where k = any (v_key_only)) end;
         perform relay._record('U', tg_table_schema, tg_table_name, null, null,
             v_new ->> v_user_col, v_new ->> v_org_col,
-            v_old ->> v_user_col, v_old ->> v_org_col, v_new, v_old);
+            v_old ->> v_user_col, v_old ->> v_org_col, v_new, v_old_logged);
     else
         v_old := to_jsonb(old) - v_exclude;
+        v_old_logged := case when v_key_only is null then v_old
+                             else (select jsonb_object_agg(k, v) from jsonb_each(v_old) e(k, v)
+                                    where k = any (v_key_only)) end;
         perform relay._record('D', tg_table_schema, tg_table_name, null, null,
-            v_old ->> v_user_col, v_old ->> v_org_col, null, null, null, v_old);
+            v_old ->> v_user_col, v_old ->> v_org_col, null, null, null, v_old_logged);
     end if;
     return null;
 end;
@@ -190,7 +202,8 @@ create or replace function relay.watch(
     tbl regclass,
     user_column text default null,
     org_column text default null,
-    exclude text[] default '{}'
+    exclude text[] default '{}',
+    keep_old boolean default true
 ) returns void
 language plpgsql
 security definer
@@ -253,22 +266,31 @@ begin
     end if;
 
     perform relay._drop_triggers(tbl);
-    execute format(
-        'create trigger relay_capture after insert or update or delete on %s '
-        'for each row execute function relay._capture(%L, %L, %L)',
-        tbl, coalesce(v_user, ''), coalesce(v_org, ''), coalesce(exclude, '{}')::text);
+    if coalesce(keep_old, true) then
+        execute format(
+            'create trigger relay_capture after insert or update or delete on %s '
+            'for each row execute function relay._capture(%L, %L, %L)',
+            tbl, coalesce(v_user, ''), coalesce(v_org, ''), coalesce(exclude, '{}')::text);
+    else
+        execute format(
+            'create trigger relay_capture after insert or update or delete on %s '
+            'for each row execute function relay._capture(%L, %L, %L, %L)',
+            tbl, coalesce(v_user, ''), coalesce(v_org, ''), coalesce(exclude, '{}')::text,
+            v_pk::text);
+    end if;
     execute format(
         'create trigger relay_capture_truncate after truncate on %s '
         'for each statement execute function relay._capture_truncate()', tbl);
 
     insert into relay.watched (relid, schema_name, table_name, user_column, org_column,
-                               pk_columns, exclude_columns)
-    values (tbl, v_schema, v_table, v_user, v_org, v_pk, coalesce(exclude, '{}'))
+                               pk_columns, exclude_columns, keep_old)
+    values (tbl, v_schema, v_table, v_user, v_org, v_pk, coalesce(exclude, '{}'),
+            coalesce(keep_old, true))
     on conflict (relid) do update
        set schema_name = excluded.schema_name, table_name = excluded.table_name,
            user_column = excluded.user_column, org_column = excluded.org_column,
            pk_columns = excluded.pk_columns, exclude_columns = excluded.exclude_columns,
-           watched_at = now();
+           keep_old = excluded.keep_old, watched_at = now();
     perform pg_notify('relay_catalog', '');
 end;
 $$;
@@ -501,7 +523,7 @@ begin
     delete from relay.watched w where not exists (select 1 from pg_class c where c.oid = w.relid);
     for v_w in select * from relay.watched loop
         perform relay.watch(v_w.relid::regclass, v_w.user_column, v_w.org_column,
-                            v_w.exclude_columns);
+                            v_w.exclude_columns, v_w.keep_old);
         v_n := v_n + 1;
     end loop;
     return v_n;

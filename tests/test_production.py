@@ -272,3 +272,27 @@ def test_restored_database_resyncs_then_goes_live(fresh_dsn: str) -> None:
             assert live.data["new"]["id"] == 100 and live.id == 6
         finally:
             srv.stop()
+
+
+def test_keep_old_off_logs_only_the_key(
+    relay_server: RelayServer, db: Any, make_table: Any
+) -> None:
+    t = make_table("id int primary key, org_id text, body text", watch=", keep_old => false")
+    a = relay_server.token(sub="u", org_id="A")
+    b = relay_server.token(sub="v", org_id="B")
+    with relay_server.open({"sub": t}, a) as ca, relay_server.open({"sub": t}, b) as cb:
+        db.execute(f"insert into {t} values (1, 'A', repeat('x', 500))")
+        db.execute(f"update {t} set body = 'short'")
+        db.execute(f"update {t} set org_id = 'B'")  # moves: visibility still uses the old owner
+        db.execute(f"delete from {t}")
+        got_a = ca.take(3)
+        got_b = cb.take(2)
+    assert [e.data["eventType"] for e in got_a] == ["INSERT", "UPDATE", "DELETE"]
+    assert got_a[1].data["old"] == {"id": 1} and got_a[1].data["new"]["body"] == "short"
+    assert got_a[2].data["old"] == {"id": 1}
+    assert [e.data["eventType"] for e in got_b] == ["INSERT", "DELETE"]
+    assert got_b[1].data["old"] == {"id": 1}
+    sizes = db.execute(
+        "select kind, pg_column_size(old) from relay.changes where table_name = %s", (t,)
+    ).fetchall()
+    assert all(size is None or size < 40 for _, size in sizes)

@@ -11,6 +11,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
+import signal
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -65,10 +68,20 @@ def _serve(args: argparse.Namespace, *, with_worker: bool) -> None:
             "refusing to start without authentication "
             "(unset RELAY_DATABASE_URL to run the embedded demo instead)"
         )
+    demo_mode = (embedded or with_worker or args.demo_tokens) and bool(secret)
+    if args.workers > 1:
+        try:
+            code = asyncio.run(
+                _supervise(args, settings, dsn, secret, with_worker=with_worker, demo=demo_mode)
+            )
+        finally:
+            if server is not None:
+                server.cleanup()
+        sys.exit(code)
     relay = Relay(settings, dsn, secret)
     app = create_app(relay)
     url = f"http://{settings.host}:{settings.port}"
-    if (embedded or with_worker) and secret:
+    if demo_mode and secret:
         relay.demo_tokens = demo_tokens(secret)
         first = relay.demo_tokens[0]
         print(f"relay: demo token ({first['label']}, 24 h): {first['token']}", flush=True)
@@ -76,6 +89,7 @@ def _serve(args: argparse.Namespace, *, with_worker: bool) -> None:
     else:
         print(f"relay: serving on {url}", flush=True)
     uv = make_server(relay, app, settings.host, settings.port)
+    sockets = [_reuse_port_socket(settings.host, settings.port)] if args.reuse_port else None
 
     async def main() -> None:
         worker: asyncio.Task[None] | None = None
@@ -84,7 +98,7 @@ def _serve(args: argparse.Namespace, *, with_worker: bool) -> None:
 
             worker = asyncio.create_task(run_worker(dsn))
         try:
-            await uv.serve()
+            await uv.serve(sockets=sockets)
         finally:
             if worker is not None:
                 worker.cancel()
@@ -96,6 +110,88 @@ def _serve(args: argparse.Namespace, *, with_worker: bool) -> None:
     finally:
         if server is not None:
             server.cleanup()
+
+
+def _die_with_parent() -> None:
+    """In a worker (Linux): get SIGTERM when the supervisor dies, so none is orphaned."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket several worker processes can share (the kernel spreads accepts)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _supervise(
+    args: argparse.Namespace,
+    settings: Settings,
+    dsn: str,
+    secret: str | None,
+    *,
+    with_worker: bool,
+    demo: bool,
+) -> int:
+    """Run `args.workers` relay processes on one port (SO_REUSEPORT), each with its own
+    LISTEN connection; forward SIGTERM/SIGINT; restart a worker that dies."""
+    env = {**os.environ, "RELAY_DATABASE_URL": dsn}
+    if secret:
+        env["RELAY_JWT_SECRET"] = secret
+    cmd = [
+        sys.executable,
+        "-m",
+        "relay.cli",
+        "serve",
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.port),
+        "--reuse-port",
+    ] + (["--demo-tokens"] if demo else [])
+    stopping = asyncio.Event()
+    procs: dict[int, asyncio.subprocess.Process] = {}
+    loop = asyncio.get_running_loop()
+
+    def stop(sig: int) -> None:
+        stopping.set()
+        for p in procs.values():
+            if p.returncode is None:
+                p.send_signal(sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop, sig)
+    demo_task: asyncio.Task[None] | None = None
+    if with_worker:
+        from relay.demo import run_worker
+
+        demo_task = asyncio.create_task(run_worker(dsn))
+
+    async def run_one(i: int) -> int:
+        while True:
+            procs[i] = await asyncio.create_subprocess_exec(
+                *cmd, env=env, preexec_fn=_die_with_parent
+            )
+            code = await procs[i].wait()
+            if stopping.is_set():
+                return code
+            print(f"relay: worker {i} exited with {code}; restarting", file=sys.stderr)
+            await asyncio.sleep(1)
+
+    print(f"relay: {args.workers} workers on http://{settings.host}:{settings.port}", flush=True)
+    codes = await asyncio.gather(*(run_one(i) for i in range(args.workers)))
+    if demo_task is not None:
+        demo_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await demo_task
+    return 0 if all(c == 0 for c in codes) else 1
 
 
 def demo_tokens(secret: str) -> list[dict[str, str]]:
@@ -306,6 +402,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         p = cmds.add_parser(name, help=help_)
         p.add_argument("--host", default=None)
         p.add_argument("--port", type=int, default=None)
+        p.add_argument("--workers", type=int, default=1, help="relay processes sharing the port")
+        p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+        p.add_argument("--demo-tokens", action="store_true", help=argparse.SUPPRESS)
     p = cmds.add_parser("migrate", help="install/upgrade the relay schema")
     p.add_argument("--demo", action="store_true", help="also create the example tables")
     p.add_argument("--database-url", default=None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -33,6 +34,7 @@ class RelayProcess:
         self.env = env
         self.log = tempfile.NamedTemporaryFile(prefix="relay-", suffix=".log", delete=False)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.start_args: list[str] = []
 
     def start(self) -> RelayProcess:
         env = {
@@ -44,10 +46,19 @@ class RelayProcess:
             **self.env,
         }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay.cli", "serve", "--port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "relay.cli",
+                "serve",
+                "--port",
+                str(self.port),
+                *self.start_args,
+            ],
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + 30
         while True:
@@ -70,7 +81,8 @@ class RelayProcess:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the workers too
             self.proc.wait(30)
 
     def stream(self, params: dict[str, str], last_id: int | None = None) -> SSEClient:
@@ -257,3 +269,33 @@ def test_postgres_restart(make_table: Any, relays: list[RelayProcess]) -> None:
                 relay.stop()
         finally:
             server.cleanup()
+
+
+def test_workers_share_one_port(
+    dsn: str, db: Any, make_table: Any, relays: list[RelayProcess]
+) -> None:
+    """`relay serve --workers 2`: streams land on both processes; SIGTERM stops all with 0."""
+    t = make_table("id int primary key, org_id text")
+    relay = RelayProcess(dsn)
+    relays.append(relay)
+    relay.start_args = ["--workers", "2"]
+    relay.start()
+    deadline = time.monotonic() + 20
+    while True:  # one LISTEN connection per worker process, each reporting its position
+        listeners = db.execute(
+            "select count(distinct pid) from pg_stat_activity "
+            "where application_name ~ '^relay pos=' and datname = current_database()"
+        ).fetchone()[0]
+        if listeners >= 2:
+            break
+        assert time.monotonic() < deadline, f"{listeners} worker listener(s)"
+        time.sleep(0.1)
+    streams = [relay.stream({"sub": t}) for _ in range(8)]
+    try:
+        db.execute(f"insert into {t} values (1, 'o')")
+        for c in streams:
+            assert c.next(10).data["new"]["id"] == 1
+        assert relay.kill(signal.SIGTERM) == 0
+    finally:
+        for c in streams:
+            c.close()

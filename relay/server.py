@@ -7,6 +7,7 @@ instead of running into its timeout; clients resume on another process.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -28,6 +29,15 @@ class TransportExposingProtocol(HttpToolsProtocol):
     it waits forever. The stream uses this to abort such a connection after it
     was closed server-side (TOO_SLOW, TOKEN_EXPIRED, SHUTDOWN) and did not drain.
     """
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
+            # a peer that vanished without a FIN (half-open) errors out after 30 s of
+            # unacknowledged data instead of the kernel's ~15 minutes of retries
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 30_000)
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()

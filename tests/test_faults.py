@@ -94,3 +94,14 @@ def test_relay_restart_resumes_exactly(dsn: str, db: Any, make_table: Any) -> No
     finally:
         second.stop()
     assert [e.data["new"]["id"] for e in got] == list(range(2, 22))
+
+
+def test_idle_streams_get_keepalive_comments(dsn: str, make_table: Any) -> None:
+    t = make_table("id int primary key, org_id text")
+    srv = start_relay(dsn, keepalive_seconds=0.3)
+    try:
+        with srv.open({"sub": t}) as c:
+            _wait(lambda: c.comments >= 3, timeout=10, what="keep-alive comments")
+            assert not c.closed.is_set()
+    finally:
+        srv.stop()

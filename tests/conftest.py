@@ -136,8 +136,10 @@ class RelayServer:
         self.thread.join(timeout=15)
 
 
-def start_relay(dsn: str, **overrides: Any) -> RelayServer:
-    port = free_port()
+def start_relay(dsn: str, port: int | None = None, **overrides: Any) -> RelayServer:
+    """A private relay; `port` fixes its port (e.g. to restart one where clients expect it)."""
+    if port is None:
+        port = free_port()
     settings = Settings(
         database_url=dsn,
         jwt_secret=SECRET,

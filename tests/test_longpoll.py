@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import RelayServer
 
@@ -155,3 +157,57 @@ def test_limit_cuts_exactly(
     body = changes(relay_server, {"sub": t, "after": start, "limit": limit}).json()
     assert len(body["events"]) == limit and body["more"] is True
     assert body["position"] == body["events"][-1]["id"]
+
+
+owners = st.tuples(st.sampled_from(["u1", "u2", None]), st.sampled_from(["A", "B", None]))
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(["insert", "update", "delete"]), st.integers(1, 4), owners),
+        min_size=1,
+        max_size=12,
+    ),
+    who=st.tuples(st.sampled_from(["u1", "u2"]), st.sampled_from(["A", "B"])),
+    flt=st.sampled_from(["", ":*:n=gt.1", ":UPDATE", ":*:org_id=eq.B"]),
+)
+def test_both_transports_deliver_the_same(
+    relay_server: RelayServer, db: Any, make_table: Any, ops: Any, who: Any, flt: str
+) -> None:
+    """Same token, same subscription: /v1/changes returns exactly what /v1/stream sends."""
+    t = make_table("id int primary key, user_id text, org_id text, n int")
+    start = db.execute("select relay.current_position()").fetchone()[0]
+    n = 0
+    for op, key, (user, org) in ops:
+        n += 1
+        if op == "insert":
+            db.execute(
+                f"insert into {t} values (%s, %s, %s, %s) on conflict (id) do update "
+                "set user_id = excluded.user_id, org_id = excluded.org_id, n = excluded.n",
+                (key, user, org, n),
+            )
+        elif op == "update":
+            db.execute(
+                f"update {t} set user_id = %s, org_id = %s, n = %s where id = %s",
+                (user, org, n, key),
+            )
+        else:
+            db.execute(f"delete from {t} where id = %s", (key,))
+    sentinel = make_table("id int primary key, org_id text")
+    db.execute(f"insert into {sentinel} values (1, %s)", (who[1],))  # ends the stream below
+    token = relay_server.token(sub=who[0], org_id=who[1])
+    polled = changes(relay_server, {"sub": t + flt, "after": start, "limit": 1000}, token).json()
+    want = [(e["id"], e["data"]) for e in polled["events"]]
+    got = []
+    with relay_server.open(
+        [("sub", t + flt), ("sub", sentinel), ("last_event_id", str(start))], token
+    ) as c:
+        while True:
+            ev = c.next(10)
+            if ev.data["table"] == sentinel:
+                break
+            got.append((ev.id, ev.data))
+    assert got == want

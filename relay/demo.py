@@ -107,6 +107,7 @@ async def _org_forever(dsn: str, org: str, user: str, pace: float, delay: float)
             async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
                 worker = OrgWorker(conn, org, user, pace)
                 await worker.check_trigger()
+                await worker.recover()
                 while True:
                     await worker.round()
         except asyncio.CancelledError:
@@ -143,6 +144,23 @@ class OrgWorker:
         )
         row = await cur.fetchone()
         self.trigger = bool(row and row[0])
+
+    async def recover(self) -> None:
+        """A previous run was stopped mid-round: close what it left in flight."""
+        async with self.conn.transaction():
+            for query in (
+                "update streams set status = 'stopped' where org_id = %s and status = 'active'",
+                "update jobs set status = 'failed', completed_at = now(), "
+                "metadata = metadata || '{\"current_directory\": null}' "
+                "where org_id = %s and status = 'running'",
+                "update directory_submissions set status = 'failed', "
+                "error_log = 'worker restarted' where org_id = %s and status = 'processing'",
+                "update bulk_enrichment_jobs set status = 'cancelled' "
+                "where org_id = %s and status in ('pending', 'running')",
+                "update agent_tasks set status = 'failed' "
+                "where org_id = %s and status in ('pending', 'in_progress')",
+            ):
+                await self.conn.execute(query, (self.org,))
 
     async def sleep(self, lo: float, hi: float) -> None:
         await asyncio.sleep(self.pace * random.uniform(lo, hi))
@@ -291,11 +309,11 @@ class OrgWorker:
         )
         await self.directory_step(job_id, directories, completed, submission, final=True)
         async with self.conn.transaction():
+            for agent in AGENTS[:3]:
+                await self.activity(stream_id, agent, "completed", "finished")
             await self.conn.execute(
                 "update streams set status = 'completed' where id = %s", (stream_id,)
             )
-            for agent in AGENTS[:3]:
-                await self.activity(stream_id, agent, "completed", "finished")
         for _ in range(4):  # let the last tasks finish their drafts
             await self.sleep(0.6, 1.2)
             await self.task_step(stream_id, [])

@@ -10,7 +10,7 @@ const STAGES = ['discovered', 'enriched', 'qualified'];
 const LABELS = {
   in_progress: 'In progress', pending: 'Pending', completed: 'Completed', failed: 'Failed',
   running: 'Running', active: 'Active', submitted: 'Submitted', processing: 'Processing',
-  cancelled: 'Cancelled', paused: 'Paused',
+  cancelled: 'Cancelled', paused: 'Paused', stopped: 'Stopped',
 };
 
 const $ = (id) => document.getElementById(id);
@@ -82,6 +82,7 @@ let topics = new Map(); // stream id -> channel of stream-progress:{id}
 let bumps = {};
 let generation = 0;
 let changed = false;
+let openedAt = Date.now(); // milestones from before the page opened are history: no toast
 
 function trim(map, cap) {
   const rows = Object.values(map).sort(newest);
@@ -166,7 +167,7 @@ const onBroadcast = {
     }
   },
   milestone(m) {
-    if (!fresh(m.timestamp, 60000)) return; // replayed history: no toast
+    if (when(m.timestamp) < openedAt - 3000 || !fresh(m.timestamp, 120000)) return;
     const target = /target/i.test(String(m.type));
     const stream = S.streams[m.stream_id];
     toast({
@@ -191,8 +192,11 @@ function handleBroadcast(m) {
 // first saw the stream, so the broadcasts sent since then are replayed, not lost.
 function syncTopics() {
   if (!relay) return;
+  // active streams, and those that ended in the last minute (their last broadcasts follow
+  // the row update that ended them)
   const want = new Set(
-    Object.values(S.streams).filter((s) => s.status === 'active').sort(newest).slice(0, 12).map((s) => s.id),
+    Object.values(S.streams).filter((s) => s.status === 'active' || fresh(s._at, 60000))
+      .sort(newest).slice(0, 12).map((s) => s.id),
   );
   if (S.focus && S.streams[S.focus]) want.add(S.focus);
   for (const [id, ch] of topics) {
@@ -276,6 +280,7 @@ async function start(u) {
   const gen = ++generation;
   if (relay) { saveSnapshot(); relay.removeAllChannels(); relay.disconnect(); relay = null; }
   user = u;
+  openedAt = Date.now();
   claims = claimsOf(u.token);
   topics = new Map();
   bumps = {};
@@ -288,6 +293,7 @@ async function start(u) {
   relay.onStatus(showConnection);
   const onResync = (info) => {
     if (info.status !== 'RESYNC_REQUIRED') return;
+    if (info.reason === 'ahead') { S = empty(); touch(); } // another database: forget this one's rows
     if (info.reason === 'truncate') {
       const key = Object.entries({ streams: 'streams', jobs: 'jobs', agent_tasks: 'tasks', bulk_enrichment_jobs: 'enrich' })
         .find(([t]) => t === info.table);
@@ -692,5 +698,6 @@ function toast({ kind, icon, title, body }) {
 window.addEventListener('hashchange', render);
 window.addEventListener('pagehide', () => { changed = true; saveSnapshot(); });
 setInterval(schedule, 1000);
+setInterval(syncTopics, 10000);
 setInterval(saveSnapshot, 2000);
 main();

@@ -108,3 +108,90 @@ $$;
 
 -- stream-progress:{streams.id} is readable by the stream's owners.
 select relay.register_topic_family('stream-progress', 'public.streams');
+
+-- A service that only inserts or updates stream_items drives the progress bar: after each
+-- statement, one `progress-update` per stream it touched, on topic stream-progress:{id},
+-- for the stream's org. Statement-level, so a 5-row burst is one message, not five.
+create index if not exists stream_items_stream_id_idx on public.stream_items (stream_id);
+
+create or replace function public.stream_progress(p_stream uuid) returns void
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_org text;
+    v_target text;
+    v_total integer;
+    v_completed integer;
+    v_quality numeric;
+    v_stages jsonb;
+begin
+    select s.org_id, s.target_metrics ->> 'target' into v_org, v_target
+      from public.streams s where s.id = p_stream;
+    if not found then
+        return; -- the stream is being deleted
+    end if;
+    v_total := case when v_target ~ '^\d{1,9}$' then v_target::integer else 0 end;
+    select count(*), round(avg(i.quality_score), 1) into v_completed, v_quality
+      from public.stream_items i where i.stream_id = p_stream;
+    select coalesce(jsonb_object_agg(x.stage, x.n), '{}') into v_stages
+      from (select i.stage, count(*) as n from public.stream_items i
+             where i.stream_id = p_stream group by i.stage) x;
+    perform relay.broadcast(
+        'stream-progress:' || p_stream::text,
+        'progress-update',
+        jsonb_build_object(
+            'stream_id', p_stream::text,
+            'completed', v_completed,
+            'total', v_total,
+            'percentage', case when v_total > 0
+                               then least(100, round(v_completed * 100.0 / v_total, 1))
+                               else 0 end,
+            'quality_score', v_quality,
+            'items_by_stage', v_stages,
+            'last_updated', now()),
+        v_org);
+exception when others then
+    -- progress is a courtesy: it never makes the writer's statement fail
+    raise warning 'stream_progress(%): % (%)', p_stream, sqlerrm, sqlstate;
+end;
+$$;
+
+create or replace function public.stream_items_progress() returns trigger
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_id uuid;
+begin
+    if tg_op = 'INSERT' then
+        for v_id in select distinct stream_id from new_rows loop
+            perform public.stream_progress(v_id);
+        end loop;
+    elsif tg_op = 'UPDATE' then
+        for v_id in select stream_id from new_rows union select stream_id from old_rows loop
+            perform public.stream_progress(v_id);
+        end loop;
+    else
+        for v_id in select distinct stream_id from old_rows loop
+            perform public.stream_progress(v_id);
+        end loop;
+    end if;
+    return null;
+end;
+$$;
+
+drop trigger if exists stream_items_progress_ins on public.stream_items;
+drop trigger if exists stream_items_progress_upd on public.stream_items;
+drop trigger if exists stream_items_progress_del on public.stream_items;
+create trigger stream_items_progress_ins after insert on public.stream_items
+    referencing new table as new_rows
+    for each statement execute function public.stream_items_progress();
+create trigger stream_items_progress_upd after update on public.stream_items
+    referencing old table as old_rows new table as new_rows
+    for each statement execute function public.stream_items_progress();
+create trigger stream_items_progress_del after delete on public.stream_items
+    referencing old table as old_rows
+    for each statement execute function public.stream_items_progress();

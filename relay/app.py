@@ -28,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay import logdb
-from relay.auth import Authenticator, AuthError, JwksKeys, token_from
+from relay.auth import Authenticator, AuthError, JwksKeys, demo_tokens, token_from
 from relay.broadcasts import TYPED_EVENTS, BroadcastRequest, schemas
 from relay.catalog import Catalog
 from relay.changes import system_frame
@@ -100,7 +100,7 @@ class Relay:
             application_name=settings.application_name,
         )
         self._tasks: list[asyncio.Task[None]] = []
-        self.demo_tokens: list[dict[str, str]] = []  # set in demo mode only
+        self.demo_secret: str | None = None  # set in demo mode only
         self.prune_runs = 0
         self.stats = StreamStats()
         self.last_head = 0
@@ -388,10 +388,10 @@ def create_app(relay: Relay, *, start: bool = True) -> Starlette:
             headers={"cache-control": "no-cache"},
         )
 
-    async def demo_tokens(request: Request) -> Response:
-        if not relay.demo_tokens:
+    async def demo_tokens_route(request: Request) -> Response:
+        if relay.demo_secret is None:
             return error(404, "not_found", "demo tokens exist only in demo mode")
-        return JSONResponse(relay.demo_tokens, headers={"cache-control": "no-store"})
+        return JSONResponse(demo_tokens(relay.demo_secret), headers={"cache-control": "no-store"})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -417,7 +417,7 @@ def create_app(relay: Relay, *, start: bool = True) -> Starlette:
     routes = [
         Route("/", index, methods=["GET"]),
         Route("/relay.js", relay_js, methods=["GET"]),
-        Route("/demo/tokens", demo_tokens, methods=["GET"]),
+        Route("/demo/tokens", demo_tokens_route, methods=["GET"]),
         Mount("/static", StaticFiles(packages=[("relay", "static")]), name="static"),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

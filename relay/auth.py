@@ -243,3 +243,22 @@ def make_token(
     if role is not None:
         claims["role"] = role
     return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def demo_tokens(secret: str) -> list[dict[str, str]]:
+    """Tokens for the demo's users of two orgs and the service role (24 h)."""
+    day = 86400.0
+    return [
+        {
+            "label": "Dana (demo-org)",
+            "token": make_token(secret, sub="demo-user", org_id="demo-org", ttl=day),
+        },
+        {
+            "label": "Omar (other-org)",
+            "token": make_token(secret, sub="other-user", org_id="other-org", ttl=day),
+        },
+        {
+            "label": "service role (sees all)",
+            "token": make_token(secret, sub="service", role="service_role", ttl=day),
+        },
+    ]

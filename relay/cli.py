@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from relay.auth import demo_tokens
 from relay.settings import Settings
 
 
@@ -82,8 +83,8 @@ def _serve(args: argparse.Namespace, *, with_worker: bool) -> None:
     app = create_app(relay)
     url = f"http://{settings.host}:{settings.port}"
     if demo_mode and secret:
-        relay.demo_tokens = demo_tokens(secret)
-        first = relay.demo_tokens[0]
+        relay.demo_secret = secret
+        first = demo_tokens(secret)[0]
         print(f"relay: demo token ({first['label']}, 24 h): {first['token']}", flush=True)
         print(f"relay: open {url}/?access_token={first['token']}", flush=True)
     else:
@@ -192,27 +193,6 @@ async def _supervise(
         with contextlib.suppress(asyncio.CancelledError):
             await demo_task
     return 0 if all(c == 0 for c in codes) else 1
-
-
-def demo_tokens(secret: str) -> list[dict[str, str]]:
-    """Tokens for the demo's users of two orgs and the service role (24 h)."""
-    from relay.auth import make_token
-
-    day = 86400.0
-    return [
-        {
-            "label": "Dana (demo-org)",
-            "token": make_token(secret, sub="demo-user", org_id="demo-org", ttl=day),
-        },
-        {
-            "label": "Omar (other-org)",
-            "token": make_token(secret, sub="other-user", org_id="other-org", ttl=day),
-        },
-        {
-            "label": "service role (sees all)",
-            "token": make_token(secret, sub="service", role="service_role", ttl=day),
-        },
-    ]
 
 
 def _migrate(args: argparse.Namespace) -> None:

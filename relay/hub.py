@@ -268,6 +268,7 @@ class Hub:
         self.delivered = 0
         self._advanced: asyncio.Future[None] | None = None
         self._per_user: dict[str, int] = {}
+        self.closing = False
 
     def subscribe(
         self,
@@ -389,7 +390,7 @@ class Hub:
         """Wait until the hub has published past `position`; False after `seconds`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
-        while self.position <= position:
+        while self.position <= position and not self.closing:
             left = deadline - loop.time()
             if left <= 0:
                 return False
@@ -434,3 +435,7 @@ class Hub:
         frame = system_frame(payload or {"status": reason}, retry_ms)
         for s in list(self.subscribers):
             s.close(reason, frame)
+        self.closing = True  # long-polls waiting in wait_beyond return now
+        adv = self._advanced
+        if adv is not None and not adv.done():
+            adv.set_result(None)

@@ -142,12 +142,12 @@ class Listener:
     async def _catch_up(self, conn: asyncpg.Connection) -> None:
         assert self.position is not None
         while True:
-            changes = await logdb.read_changes(conn, self.position, limit=self._batch)
-            if changes:
-                self.position = changes[-1].position
-                self.changes_read += len(changes)
-                self._hub.publish(changes, self.position)
-            if len(changes) < self._batch:
+            page = await logdb.read_changes(conn, self.position, limit=self._batch)
+            if page.scanned_to > self.position:
+                self.position = page.scanned_to
+                self.changes_read += len(page.changes)
+                self._hub.publish(page.changes, self.position)
+            if not page.more:
                 self.caught_up_at = time.monotonic()
                 if self.caught_up_at - self._reported_at > 1.0:
                     await self._report(conn)

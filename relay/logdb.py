@@ -9,6 +9,7 @@ Nothing a client sent is ever part of the SQL text: values are parameters.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -20,16 +21,24 @@ from relay.columns import Column
 
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
+# The batches that hold positions after $1 (at most $3 of them, in order).
+_BATCHES = """
+select id, base, last_pos from relay.batches
+ where last_pos > $1 and base <= $2
+ order by last_pos
+ limit $3
+"""
+
+# The changes of those batches with $2 < position <= $3 (index range scans).
 _READ = """
 select b.base + c.ord - 1 as pos, c.kind::text, c.schema_name, c.table_name, c.topic, c.event,
        c.user_id, c.org_id, c.old_user_id, c.old_org_id, c.new::text, c.old::text,
        to_char(b.committed_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as ts
   from relay.batches b
-  join relay.changes c on c.batch = b.id
- where b.last_pos > $1 and b.base <= $2 and b.base + c.ord - 1 > $1
-   and b.base + c.ord - 1 <= $2 {extra}
+  join relay.changes c
+    on c.batch = b.id and c.ord > $2 - b.base + 1 and c.ord <= $3 - b.base + 1
+ where b.id = any ($1::bigint[]) {extra}
  order by b.last_pos, c.ord
- limit $3
 """
 
 _READ_ALL = _READ.format(extra="")
@@ -37,6 +46,22 @@ _READ_SOME = _READ.format(
     extra="and ((c.kind = 'B' and c.topic = any($5::text[])) or "
     "(c.kind <> 'B' and (c.schema_name || '.' || c.table_name) = any($4::text[])))"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One read of the log: `changes` in order; everything up to `scanned_to` was read.
+
+    `more` is True when the read stopped at its limit (there may be more after
+    `scanned_to`). With a table/topic filter, `changes` may be fewer than the
+    positions scanned: callers continue from `scanned_to`, never from the last
+    change.
+    """
+
+    changes: list[Change]
+    scanned_to: int
+    more: bool
+
 
 MAX_POSITION = 2**63 - 1
 
@@ -67,21 +92,44 @@ async def read_changes(
     limit: int = 2000,
     tables: Sequence[tuple[str, str]] | None = None,
     topics: Sequence[str] | None = None,
-) -> list[Change]:
-    """Changes with after < position <= upto, in order; only the given tables/topics if set."""
+) -> Page:
+    """At most `limit` positions after `after` (and <= `upto`), in order.
+
+    Two index-driven queries: the batches covering the next `limit` positions
+    (batch sizes are known from their bounds), then their changes by
+    (batch, ord) range, so a read costs O(limit) however large one
+    transaction was or how far behind the reader is.
+    """
+    batches = await conn.fetch(_BATCHES, after, upto, limit)
+    ids: list[int] = []
+    need = limit
+    end = after
+    more = len(batches) == limit
+    for i, (batch_id, base, last) in enumerate(batches):
+        lo, hi = max(base, after + 1), min(last, upto)
+        if hi < lo:
+            continue
+        ids.append(batch_id)
+        if hi - lo + 1 >= need:
+            end = lo + need - 1
+            more = more or end < hi or i < len(batches) - 1
+            break
+        need -= hi - lo + 1
+        end = hi
+    if not ids:
+        return Page([], after, False)
     if tables is None and topics is None:
-        rows = await conn.fetch(_READ_ALL, after, upto, limit)
+        rows = await conn.fetch(_READ_ALL, ids, after, end)
     else:
-        tbls = list(tables or ())
         rows = await conn.fetch(
             _READ_SOME,
+            ids,
             after,
-            upto,
-            limit,
-            [f"{s}.{t}" for s, t in tbls],
+            end,
+            [f"{s}.{t}" for s, t in tables or ()],
             list(topics or ()),
         )
-    return [_to_change(r) for r in rows]
+    return Page([_to_change(r) for r in rows], end, more)
 
 
 async def current_position(conn: Conn) -> int:

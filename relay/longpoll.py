@@ -143,18 +143,18 @@ async def _scan(
     position = after
     while True:
         async with pool.acquire() as conn:
-            changes = await logdb.read_changes(
+            page = await logdb.read_changes(
                 conn, position, limit=read_batch, tables=tables, topics=topics
             )
             gone = await logdb.pruned_through(conn)
             if gone > position:
                 raise Pruned(gone)
-        for ch in changes:
+        for ch in page.changes:
             frame = matcher.route(ch)
-            position = ch.position
             if frame is not None:
                 events.append(_event_json(frame))
                 if len(events) == limit:
-                    return events, position, True
-        if len(changes) < read_batch:
+                    return events, ch.position, True
+        position = max(position, page.scanned_to)
+        if not page.more:
             return events, position, False

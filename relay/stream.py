@@ -203,7 +203,7 @@ class EventStream:
         while True:
             while cursor < upto and not sub.closed:
                 async with self.pool.acquire() as conn:
-                    changes = await logdb.read_changes(
+                    page = await logdb.read_changes(
                         conn, cursor, upto=upto, limit=self.read_batch, tables=tables, topics=topics
                     )
                     gone = await logdb.pruned_through(conn)
@@ -223,12 +223,12 @@ class EventStream:
                     )
                     cursor = upto
                     continue
-                batch = [f for ch in changes if (f := sub.route(ch)) is not None]
+                batch = [f for ch in page.changes if (f := sub.route(ch)) is not None]
                 if batch:
                     self.sent += len(batch)
                     self.stats.replayed += len(batch)
                     await self._send(send, batch)
-                cursor = changes[-1].position if len(changes) == self.read_batch else upto
+                cursor = page.scanned_to if page.more else upto
             if sub.closed or not sub.take_overflow():
                 break
             cursor, upto = upto, hub.position  # live frames were dropped: read them instead

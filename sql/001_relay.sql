@@ -146,24 +146,23 @@ declare
     v_old jsonb;
     v_old_logged jsonb;
 begin
-    if tg_op = 'INSERT' then
+    if tg_op <> 'DELETE' then
         v_new := to_jsonb(new) - v_exclude;
-        perform relay._record('I', tg_table_schema, tg_table_name, null, null,
-            v_new ->> v_user_col, v_new ->> v_org_col, null, null, v_new, null);
-    elsif tg_op = 'UPDATE' then
-        v_new := to_jsonb(new) - v_exclude;
+    end if;
+    if tg_op <> 'INSERT' then
         v_old := to_jsonb(old) - v_exclude;
         v_old_logged := case when v_key_only is null then v_old
                              else (select jsonb_object_agg(k, v) from jsonb_each(v_old) e(k, v)
                                     where k = any (v_key_only)) end;
+    end if;
+    if tg_op = 'INSERT' then
+        perform relay._record('I', tg_table_schema, tg_table_name, null, null,
+            v_new ->> v_user_col, v_new ->> v_org_col, null, null, v_new, null);
+    elsif tg_op = 'UPDATE' then
         perform relay._record('U', tg_table_schema, tg_table_name, null, null,
             v_new ->> v_user_col, v_new ->> v_org_col,
             v_old ->> v_user_col, v_old ->> v_org_col, v_new, v_old_logged);
     else
-        v_old := to_jsonb(old) - v_exclude;
-        v_old_logged := case when v_key_only is null then v_old
-                             else (select jsonb_object_agg(k, v) from jsonb_each(v_old) e(k, v)
-                                    where k = any (v_key_only)) end;
         perform relay._record('D', tg_table_schema, tg_table_name, null, null,
             v_old ->> v_user_col, v_old ->> v_org_col, null, null, null, v_old_logged);
     end if;

@@ -60,7 +60,6 @@ class EventStream:
         expiry_margin: float,
         close_grace: float = 5.0,
         stats: StreamStats | None = None,
-        extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         self.hub = hub
         self.pool = pool
@@ -75,7 +74,6 @@ class EventStream:
         self.expiry_margin = expiry_margin
         self.close_grace = close_grace
         self.stats = stats or StreamStats()
-        self.extra_headers = extra_headers or []
         self.sent = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -121,7 +119,7 @@ class EventStream:
                 {
                     "type": "http.response.start",
                     "status": 200,
-                    "headers": HEADERS + self.extra_headers,
+                    "headers": HEADERS,
                 }
             )
             try:

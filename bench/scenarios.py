@@ -155,9 +155,22 @@ class Bench:
 # ------------------------------------------------------------------ helpers
 
 
-async def settle(bench: Bench, seconds: float) -> None:
-    """Let a server finish what it was doing (shorter at smoke sizes)."""
+async def settle(bench: Bench, seconds: float, srv: Server | None = None) -> None:
+    """Let a server finish what it was doing (shorter at smoke sizes).
+
+    With `srv`, also wait (at most 20 s) until it is quiet: under 5% of a core
+    for two 0.25 s samples in a row, so a window never pays for the previous
+    step (closing thousands of streams, a garbage collection).
+    """
     await asyncio.sleep(seconds / 5 if bench.cfg.smoke else seconds)
+    if srv is None:
+        return
+    deadline = time.monotonic() + (1 if bench.cfg.smoke else 20)
+    quiet = 0
+    while quiet < 2 and time.monotonic() < deadline:
+        c0 = srv.cpu()
+        await asyncio.sleep(0.25)
+        quiet = quiet + 1 if srv.cpu() - c0 < 0.0125 else 0
 
 
 def percentiles(lat_seconds: Sequence[float] | np.ndarray[Any, Any]) -> dict[str, float | None]:
@@ -302,7 +315,7 @@ async def _fanout_one(bench: Bench, start: SERVER_CM, table: str) -> dict[str, A
         for n in levels:
             r = await open_all(bench, "fan", srv, paths[opened:n])
             opened = n
-            await settle(bench, 0.5)
+            await settle(bench, 0.5, srv)
             w = await measured_write(
                 bench,
                 srv,
@@ -325,6 +338,7 @@ async def _fanout_one(bench: Bench, start: SERVER_CM, table: str) -> dict[str, A
         for rate in cfg.ramp_rates:
             if not srv.alive():
                 break
+            await settle(bench, 0.2, srv)
             w = await measured_write(
                 bench,
                 srv,
@@ -404,7 +418,7 @@ async def _selective_one(bench: Bench, start: SERVER_CM, table: str) -> dict[str
             for name, lo, _hi in groups:
                 if lo >= level:
                     await client.close(name)
-            await settle(bench, 0.5)
+            await settle(bench, 0.5, srv)
             live = [name for name, lo, _hi in groups if lo < level]
             await client.reset(*live)
             cpu0, t0 = srv.cpu(), time.time()
@@ -469,12 +483,12 @@ async def _connections_one(bench: Bench, start: SERVER_CM, table: str) -> dict[s
         await bench.sentinel(srv, table)
         await open_all(bench, "warm", srv, _user_paths(bench, table, 0, 20))
         await client.close("warm")
-        await settle(bench, 1.0)
+        await settle(bench, 1.0, srv)
         rss0 = srv.rss()
         cpu0 = srv.cpu()
         r = await open_all(bench, "idle", srv, _user_paths(bench, table, 0, cfg.conn_n))
         connect_cpu = srv.cpu() - cpu0
-        await settle(bench, 1.0)
+        await settle(bench, 1.0, srv)
         rss1 = srv.rss()
         await client.reset("idle")
         cpu1, t1 = srv.cpu(), time.monotonic()
@@ -692,7 +706,7 @@ async def _slow_one(bench: Bench, start: SERVER_CM, table: str) -> dict[str, Any
     with start() as srv:
         await bench.sentinel(srv, table)
         await open_all(bench, "normal", srv, bench.fan_paths(table, cfg.slow_normal))
-        await settle(bench, 0.5)
+        await settle(bench, 0.5, srv)
 
         async def window(seconds: float) -> Window:
             return await measured_write(

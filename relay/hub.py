@@ -410,6 +410,13 @@ class Hub:
         """Open streams per subscribed table."""
         return {key: len(idx.all) for key, idx in self._tables.items()}
 
+    def resync_all(self, oldest: int) -> None:
+        """Tell every stream that changes were lost to pruning: refetch, then live."""
+        frame = system_frame({"status": "RESYNC_REQUIRED", "reason": "retention", "oldest": oldest})
+        for s in self.subscribers:
+            if s.push(frame):
+                s.wake()
+
     def send_keepalives(self, now: float | None = None) -> int:
         """Queue a keep-alive comment for every stream idle for 2/3 of the interval."""
         now = time.monotonic() if now is None else now

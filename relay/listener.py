@@ -143,6 +143,16 @@ class Listener:
         assert self.position is not None
         while True:
             page = await logdb.read_changes(conn, self.position, limit=self._batch)
+            if page.pruned_through > self.position or len(page.changes) < page.positions:
+                # Pruning removed changes this relay had not read yet (retention
+                # shorter than the lag): live streams cannot have them. Tell every
+                # stream to resync; from here on, read on after the pruned range.
+                pruned = max(page.pruned_through, await logdb.pruned_through(conn))
+                log.warning("changes were pruned before they were read; streams resync")
+                self._hub.resync_all(pruned + 1)
+                self.position = max(self.position, pruned)
+                self._hub.publish([], self.position)
+                continue
             if page.scanned_to > self.position:
                 self.position = page.scanned_to
                 self.changes_read += len(page.changes)

@@ -21,12 +21,17 @@ from relay.columns import Column
 
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
-# The batches that hold positions after $1 (at most $3 of them, in order).
+# How far the log was pruned, and the batches that hold positions after $1
+# (at most $3 of them, in order; one row with NULLs when there are none).
 _BATCHES = """
-select id, base, last_pos from relay.batches
- where last_pos > $1 and base <= $2
- order by last_pos
- limit $3
+select m.pruned_through, b.id, b.base, b.last_pos
+  from relay.meta m
+  left join lateral (
+        select id, base, last_pos from relay.batches
+         where last_pos > $1 and base <= $2
+         order by last_pos
+         limit $3) b on true
+ order by b.last_pos
 """
 
 # The changes of those batches with $2 < position <= $3 (index range scans).
@@ -61,6 +66,8 @@ class Page:
     changes: list[Change]
     scanned_to: int
     more: bool
+    pruned_through: int = 0
+    positions: int = 0  # committed positions in (after, scanned_to]: rows expected unfiltered
 
 
 MAX_POSITION = 2**63 - 1
@@ -100,9 +107,11 @@ async def read_changes(
     (batch, ord) range, so a read costs O(limit) however large one
     transaction was or how far behind the reader is.
     """
-    batches = await conn.fetch(_BATCHES, after, upto, limit)
+    rows = await conn.fetch(_BATCHES, after, upto, limit)
+    pruned = int(rows[0][0]) if rows else 0
+    batches = [(r[1], r[2], r[3]) for r in rows if r[1] is not None]
     ids: list[int] = []
-    need = limit
+    covered = 0  # positions of committed batches in (after, end]
     end = after
     more = len(batches) == limit
     for i, (batch_id, base, last) in enumerate(batches):
@@ -110,14 +119,14 @@ async def read_changes(
         if hi < lo:
             continue
         ids.append(batch_id)
-        if hi - lo + 1 >= need:
-            end = lo + need - 1
+        take = min(hi - lo + 1, limit - covered)
+        covered += take
+        end = lo + take - 1
+        if covered == limit:
             more = more or end < hi or i < len(batches) - 1
             break
-        need -= hi - lo + 1
-        end = hi
     if not ids:
-        return Page([], after, False)
+        return Page([], after, False, pruned, 0)
     if tables is None and topics is None:
         rows = await conn.fetch(_READ_ALL, ids, after, end)
     else:
@@ -129,7 +138,7 @@ async def read_changes(
             [f"{s}.{t}" for s, t in tables or ()],
             list(topics or ()),
         )
-    return Page([_to_change(r) for r in rows], end, more)
+    return Page([_to_change(r) for r in rows], end, more, pruned, covered)
 
 
 async def current_position(conn: Conn) -> int:

@@ -141,12 +141,14 @@ def start_relay(dsn: str, port: int | None = None, **overrides: Any) -> RelaySer
     if port is None:
         port = free_port()
     settings = Settings(
-        database_url=dsn,
-        jwt_secret=SECRET,
-        host="127.0.0.1",
-        port=port,
-        poll_seconds=0.5,
-        **overrides,
+        **{
+            "database_url": dsn,
+            "jwt_secret": SECRET,
+            "host": "127.0.0.1",
+            "port": port,
+            "poll_seconds": 0.5,
+            **overrides,
+        }
     )
     relay = Relay(settings, dsn, SECRET)
     app = create_app(relay)

@@ -74,3 +74,28 @@ def test_relay_prunes_on_its_own(dsn: str, make_table: Any) -> None:
             assert db.execute("select pruned_through from relay.meta").fetchone()[0] == head
     finally:
         srv.stop()
+
+
+def test_pruned_before_read_makes_live_streams_resync(
+    dsn: str, make_table: Any, relay_server: RelayServer
+) -> None:
+    """Retention shorter than the relay's lag: live streams are told, never silently skipped."""
+    t = make_table("id int primary key, org_id text")
+    with (
+        psycopg.connect(dsn, autocommit=True) as db,
+        psycopg.connect(dsn) as dba,
+        relay_server.open({"sub": t}) as c,
+    ):
+        relay_server.caught_up(db)
+        # hold the relay back: its log read waits on this lock
+        dba.execute("lock table relay.meta in access exclusive mode")
+        db.execute(f"insert into {t} values (1, 'o')")
+        # prune everything, including the change the relay has not read yet
+        dba.execute("select relay.prune('100 years', 0, 100000)")
+        dba.commit()
+        ev = c.next(10)
+        assert ev.event == "system" and ev.data["status"] == "RESYNC_REQUIRED"
+        assert ev.data["reason"] == "retention"
+        db.execute(f"insert into {t} values (2, 'o')")
+        (live,) = c.take(1)
+        assert live.data["new"]["id"] == 2

@@ -119,14 +119,14 @@ class Change:
     ) -> bytes:
         kind = self.kind
         if variant == MOVED_IN:
-            event_type, new, old = "INSERT", self._part(self.new_text, self.new, select), b"{}"
+            event_type, new, old = "INSERT", self._part(self.new_text, False, select), b"{}"
         elif variant == MOVED_OUT:
             keep = {k: self.old[k] for k in pk if k in self.old}
             event_type, new, old = "DELETE", b"{}", _encode_exact(keep)
         else:
             event_type = EVENT_TYPES[kind]
-            new = b"{}" if kind == DELETE else self._part(self.new_text, self.new, select)
-            old = b"{}" if kind == INSERT else self._part(self.old_text, self.old, select)
+            new = b"{}" if kind == DELETE else self._part(self.new_text, False, select)
+            old = b"{}" if kind == INSERT else self._part(self.old_text, True, select)
         data = b"".join(
             (
                 b'{"schema":',
@@ -146,12 +146,17 @@ class Change:
         )
         return sse_frame("postgres_changes", data, self.position)
 
-    @staticmethod
-    def _part(text: str | None, row: dict[str, Any], select: tuple[str, ...] | None) -> bytes:
+    def _part(self, text: str | None, is_old: bool, select: tuple[str, ...] | None) -> bytes:
+        """A row version as JSON: Postgres' own text, or (with `select`) re-encoded exactly.
+
+        The row is decoded only for a projection: the common case passes the
+        bytes Postgres wrote straight through.
+        """
         if not text:
             return b"{}"
         if select is None:
             return text.encode()
+        row = self.old if is_old else self.new
         return _encode_exact({k: row[k] for k in select if k in row})
 
     def broadcast_frame(self) -> bytes:

@@ -74,6 +74,7 @@ class EventStream:
         self.expiry_margin = expiry_margin
         self.close_grace = close_grace
         self.stats = stats or StreamStats()
+        self.extra_headers: list[tuple[bytes, bytes]] = []  # CORS, set by the endpoint
         self.sent = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -119,7 +120,7 @@ class EventStream:
                 {
                     "type": "http.response.start",
                     "status": 200,
-                    "headers": HEADERS,
+                    "headers": HEADERS + self.extra_headers,
                 }
             )
             try:

@@ -295,7 +295,8 @@ def test_workers_share_one_port(
         db.execute(f"insert into {t} values (1, 'o')")
         for c in streams:
             assert c.next(10).data["new"]["id"] == 1
-        assert relay.kill(signal.SIGTERM) == 0
+        code = relay.kill(signal.SIGTERM)
+        assert code == 0, relay.output()[-3000:]
     finally:
         for c in streams:
             c.close()

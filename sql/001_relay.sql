@@ -28,7 +28,6 @@ create table if not exists relay.batches (
     committed_at timestamptz not null
 );
 create unique index if not exists batches_last_pos on relay.batches (last_pos);
-create index if not exists batches_committed_at on relay.batches (committed_at);
 
 create table if not exists relay.changes (
     batch bigint not null,
@@ -360,12 +359,16 @@ begin
         return 0;
     end if;
     select max(last_pos) into v_head from relay.batches;
+    -- committed_at grows with last_pos (commit order), so the oldest batches are
+    -- the first ones by last_pos: walk that index and stop at the first one kept.
     select array_agg(id), max(last_pos) into v_ids, v_last
-      from (select id, last_pos from relay.batches
-             where committed_at < now() - max_age
-                or (keep_count is not null and last_pos <= v_head - keep_count)
-             order by last_pos
-             limit max_batches) s;
+      from (select id, last_pos,
+                   bool_and(committed_at < now() - max_age
+                            or (keep_count is not null and last_pos <= v_head - keep_count))
+                       over (order by last_pos) as all_old
+              from (select id, last_pos, committed_at from relay.batches
+                     order by last_pos limit max_batches) oldest) s
+     where all_old;
     if v_ids is null then
         return 0;
     end if;

@@ -25,6 +25,14 @@ import psycopg
 from relay.dsn import with_dbname
 from relay.migrate import migrate
 
+
+def _one(db: psycopg.Connection[Any], sql: str, params: Any = None) -> Any:
+    """The single value a query returns."""
+    row = db.execute(sql, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
 SIZE_SQL = (
     "select pg_total_relation_size('relay.changes') + pg_total_relation_size('relay.batches')"
 )
@@ -76,15 +84,16 @@ def per_change(dsn: str, n: int = 2000) -> dict[str, dict[str, float]]:
                 ),
                 ("delete", "delete from jobs"),
             ):
-                before = db.execute(SIZE_SQL).fetchone()[0]
+                before = _one(db, SIZE_SQL)
                 db.execute(stmt)
                 db.execute("checkpoint")
-                after = db.execute(SIZE_SQL).fetchone()[0]
-                payload = db.execute(
+                after = _one(db, SIZE_SQL)
+                payload = _one(
+                    db,
                     "select avg(coalesce(pg_column_size(new), 0) "
                     "+ coalesce(pg_column_size(old), 0)) from relay.changes where kind = %s",
                     ({"insert": "I", "update": "U", "delete": "D"}[kind],),
-                ).fetchone()[0]
+                )
                 sizes[f"{kind}_bytes"] = round((after - before) / n, 1)
                 sizes[f"{kind}_payload_bytes"] = round(float(payload or 0), 1)
             out["old kept" if keep_old else "old = key only"] = sizes
@@ -106,14 +115,14 @@ def million(dsn: str, changes: int, keep: int, step: int = 10_000) -> dict[str, 
                 f"insert into bulk (org_id, n) select 'o', g from generate_series(1, {step}) g"
             )
             written += step
-            while db.execute("select relay.prune('100 years', %s, 5000)", (keep,)).fetchone()[0]:
+            while _one(db, "select relay.prune('100 years', %s, 5000)", (keep,)):
                 pass
             if written % (changes // 10) == 0:
                 db.execute("vacuum relay.changes")  # what autovacuum does on its own
                 db.execute("vacuum relay.batches")
-                points.append((written, db.execute(SIZE_SQL).fetchone()[0]))
+                points.append((written, _one(db, SIZE_SQL)))
         elapsed = time.monotonic() - t0
-        rows = db.execute("select count(*) from relay.changes").fetchone()[0]
+        rows = _one(db, "select count(*) from relay.changes")
     return {
         "changes": changes,
         "kept": keep,

@@ -204,7 +204,9 @@ async def _supervise(
         demo_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await demo_task
-    return 0 if all(c == 0 for c in codes) else 1
+    # a worker still starting up when the stop signal came dies of that signal: a clean stop
+    clean = (0, -signal.SIGTERM, -signal.SIGINT)
+    return 0 if all(c in clean for c in codes) else 1
 
 
 def _migrate(args: argparse.Namespace) -> None:

@@ -66,6 +66,7 @@ class Subscriber:
         "_waiter",
         "_expiry",
         "on_server_close",
+        "direct",
     )
 
     def __init__(
@@ -99,6 +100,9 @@ class Subscriber:
         self._expiry: asyncio.TimerHandle | None = None
         # called once when the server closes the stream (not the client)
         self.on_server_close: Callable[[str], None] | None = None
+        # writes frames to the connection now if it can take them without waiting
+        # (set by the stream once it is live); None: always go through the writer task
+        self.direct: Callable[[list[bytes]], bool] | None = None
 
     def route(self, change: Change) -> bytes | None:
         """The frame this subscriber gets for `change`, or None if it gets nothing."""
@@ -194,6 +198,25 @@ class Subscriber:
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
+
+    def flush(self) -> None:
+        """Hand the outbox to the connection: written right away when the stream's
+        writer is idle and the connection has room (no task switch per delivery),
+        else the writer is woken. Never both: frames stay in order."""
+        w = self._waiter
+        if (
+            self.direct is not None
+            and w is not None
+            and not w.done()
+            and not self.closed
+            and self.outbox
+            and self.direct(self.outbox)
+        ):
+            self.outbox = []
+            self.outbox_bytes = 0
+            self.last_activity = time.monotonic()
+            return
+        self.wake()
 
     async def wait(self) -> tuple[list[bytes], bool]:
         """Wait for frames; returns (frames, closed). Frames are removed from the outbox."""
@@ -380,7 +403,7 @@ class Hub:
         self.published += len(changes)
         self.delivered += delivered
         for s in touched:
-            s.wake()
+            s.flush()
         adv = self._advanced
         if adv is not None and not adv.done():
             adv.set_result(None)
@@ -425,7 +448,7 @@ class Hub:
         for s in self.subscribers:
             if not s.closed and not s.replaying and not s.outbox and s.last_activity < idle_since:
                 if s.push(KEEPALIVE):
-                    s.wake()
+                    s.flush()
                 n += 1
         return n
 

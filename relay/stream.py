@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -34,8 +35,13 @@ log = logging.getLogger("relay.stream")
 # (relay.server.TransportExposingProtocol); absent under other servers.
 TRANSPORT_KEY = "relay.transport"
 
+# Direct writes stop when this much is already waiting in the connection's buffer
+# (then the writer task takes over and waits for the client to drain it).
+DIRECT_WRITE_LIMIT = 64 * 1024
+
 HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"transfer-encoding", b"chunked"),  # always: direct writes frame chunks themselves
     (b"cache-control", b"no-cache, no-store"),
     (b"x-accel-buffering", b"no"),
 ]
@@ -124,7 +130,7 @@ class EventStream:
                 }
             )
             try:
-                await self._run(sub, start, after, resync, send)
+                await self._run(sub, start, after, resync, send, transport)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 # The client reconnects (retry:) and resumes from its last id.
                 log.warning("stream ended by database error: %s", type(exc).__name__)
@@ -175,6 +181,24 @@ class EventStream:
         self.stats.bytes_sent += len(body)
         await send({"type": "http.response.body", "body": body, "more_body": True})
 
+    def _direct_writer(self, transport: Any) -> Callable[[list[bytes]], bool]:
+        """Frames as one HTTP/1.1 chunk straight to the transport, when it has room.
+
+        Used by the hub only while this stream's writer task is idle (its last
+        send completed), so the bytes follow everything sent before, in order.
+        """
+
+        def write(frames: list[bytes]) -> bool:
+            if transport.is_closing() or transport.get_write_buffer_size() > DIRECT_WRITE_LIMIT:
+                return False
+            body = b"".join(frames)
+            transport.write(b"".join((b"%x\r\n" % len(body), body, b"\r\n")))
+            self.sent += len(frames)
+            self.stats.bytes_sent += len(body)
+            return True
+
+        return write
+
     async def _run(
         self,
         sub: Subscriber,
@@ -182,6 +206,7 @@ class EventStream:
         after: int,
         resync: dict[str, Any] | None,
         send: Send,
+        transport: Any = None,
     ) -> None:
         hub = self.hub
         hello: dict[str, Any] = {
@@ -232,6 +257,8 @@ class EventStream:
                 break
             cursor, upto = upto, hub.position  # live frames were dropped: read them instead
         sub.replaying = False
+        if transport is not None:
+            sub.direct = self._direct_writer(transport)
 
         while True:
             frames, closed = await sub.wait()

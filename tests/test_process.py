@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -276,7 +277,8 @@ def test_workers_share_one_port(
 ) -> None:
     """`relay serve --workers 2`: streams land on both processes; SIGTERM stops all with 0."""
     t = make_table("id int primary key, org_id text")
-    relay = RelayProcess(dsn)
+    name = f"wk{uuid.uuid4().hex[:8]}"
+    relay = RelayProcess(dsn, RELAY_APPLICATION_NAME=name)
     relays.append(relay)
     relay.start_args = ["--workers", "2"]
     relay.start()
@@ -284,7 +286,8 @@ def test_workers_share_one_port(
     while True:  # one LISTEN connection per worker process, each reporting its position
         listeners = db.execute(
             "select count(distinct pid) from pg_stat_activity "
-            "where application_name ~ '^relay pos=' and datname = current_database()"
+            "where application_name like %s and datname = current_database()",
+            (f"{name} pos=%",),
         ).fetchone()[0]
         if listeners >= 2:
             break

@@ -104,7 +104,9 @@ async def _org_forever(dsn: str, org: str, user: str, pace: float, delay: float)
     await asyncio.sleep(delay * pace)
     while True:
         try:
-            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            async with await psycopg.AsyncConnection.connect(
+                dsn, autocommit=True, application_name="relay-demo"
+            ) as conn:
                 worker = OrgWorker(conn, org, user, pace)
                 await worker.check_trigger()
                 await worker.recover()

@@ -192,7 +192,10 @@ class EventStream:
             if transport.is_closing() or transport.get_write_buffer_size() > DIRECT_WRITE_LIMIT:
                 return False
             body = b"".join(frames)
-            transport.write(b"".join((b"%x\r\n" % len(body), body, b"\r\n")))
+            try:
+                transport.write(b"".join((b"%x\r\n" % len(body), body, b"\r\n")))
+            except (OSError, RuntimeError):  # never raise into the hub's publish
+                return False
             self.sent += len(frames)
             self.stats.bytes_sent += len(body)
             return True

@@ -511,8 +511,9 @@ begin
 end;
 $$;
 
--- Re-install capture on every watched table (run by every `relay migrate`):
+-- Re-install capture where it is missing (run by every `relay migrate`):
 -- repairs a trigger dropped by hand, forgets tables that no longer exist.
+-- Returns the number of tables repaired.
 create or replace function relay.repair() returns integer
 language plpgsql
 security definer
@@ -524,6 +525,10 @@ declare
 begin
     delete from relay.watched w where not exists (select 1 from pg_class c where c.oid = w.relid);
     for v_w in select * from relay.watched loop
+        -- only tables whose capture triggers are gone: re-creating a trigger takes
+        -- an exclusive lock on the table, which a healthy table need not pay
+        continue when (select count(*) from pg_trigger where tgrelid = v_w.relid
+                        and tgname in ('relay_capture', 'relay_capture_truncate')) = 2;
         perform relay.watch(v_w.relid::regclass, v_w.user_column, v_w.org_column,
                             v_w.exclude_columns, v_w.keep_old);
         v_n := v_n + 1;

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+import psycopg
 import pytest
 
 from tests.conftest import RelayServer, start_relay
@@ -621,3 +622,9 @@ def test_demo_worker_drives_the_dashboard(
     finally:
         loop.call_soon_threadsafe(task.cancel)
         thread.join(timeout=10)
+        # a transaction the cancelled worker left open would block later tests' DDL
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity "
+                "where application_name = 'relay-demo' and datname = current_database()"
+            )

@@ -320,6 +320,8 @@ def create_app(relay: Relay, *, start: bool = True) -> ASGIApp:
     settings = relay.settings
 
     async def stream(request: Request) -> Response | ASGIApp:
+        if request.method != "GET":  # Starlette adds HEAD to GET routes: no body, no stream
+            return error(405, "method_not_allowed", "open the stream with GET")
         principal = await relay.principal(request)
         if (
             not principal.is_service

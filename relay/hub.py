@@ -210,12 +210,17 @@ class Subscriber:
             and not w.done()
             and not self.closed
             and self.outbox
-            and self.direct(self.outbox)
         ):
-            self.outbox = []
-            self.outbox_bytes = 0
-            self.last_activity = time.monotonic()
-            return
+            try:
+                written = self.direct(self.outbox)
+            except Exception:  # publish must never fail: use the writer task from now on
+                self.direct = None
+                written = False
+            if written:
+                self.outbox = []
+                self.outbox_bytes = 0
+                self.last_activity = time.monotonic()
+                return
         self.wake()
 
     async def wait(self) -> tuple[list[bytes], bool]:

@@ -41,7 +41,6 @@ DIRECT_WRITE_LIMIT = 64 * 1024
 
 HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"transfer-encoding", b"chunked"),  # always: direct writes frame chunks themselves
     (b"cache-control", b"no-cache, no-store"),
     (b"x-accel-buffering", b"no"),
 ]
@@ -111,6 +110,8 @@ class EventStream:
         self.stats.opened += 1
         abort_timer: list[asyncio.TimerHandle] = []
         transport = scope.get("extensions", {}).get(TRANSPORT_KEY)
+        if scope.get("method") != "GET" or scope.get("http_version") != "1.1":
+            transport = None  # direct chunk writes only where uvicorn chunks the body
         if transport is not None:
 
             def abort_later(reason: str) -> None:
@@ -260,7 +261,7 @@ class EventStream:
                 break
             cursor, upto = upto, hub.position  # live frames were dropped: read them instead
         sub.replaying = False
-        if transport is not None:
+        if transport is not None:  # uvicorn (httptools) frames this response in chunks
             sub.direct = self._direct_writer(transport)
 
         while True:

@@ -159,3 +159,8 @@ def test_client_that_vanishes_is_forgotten(relay_server: RelayServer, table: str
     while mine[0] in hub.subscribers:
         assert time.monotonic() < deadline, "subscriber not removed after disconnect"
         time.sleep(0.01)
+
+
+def test_head_is_not_a_stream(relay_server: RelayServer, table: str) -> None:
+    r = httpx.head(f"{relay_server.url}/v1/stream?sub={table}&{service(relay_server)}", timeout=10)
+    assert r.status_code == 405

@@ -178,3 +178,40 @@ async def test_unsubscribe_forgets_everything() -> None:
     hub.unsubscribe(s)
     hub.unsubscribe(s)
     assert not hub.subscribers and not hub._tables and not hub._topics
+
+
+@run_async
+async def test_direct_writes_only_while_the_writer_is_idle() -> None:
+    hub = Hub()
+    p = principal("u", "A")
+    s = hub.subscribe(p, subs(("sub", "jobs"), who=p))  # type: ignore[arg-type]
+    s.replaying = False
+    written: list[bytes] = []
+    s.direct = lambda frames: written.extend(frames) or True
+    hub.publish([change(1)])  # the writer is not parked in wait(): queued, not written
+    assert written == [] and len(s.outbox) == 1
+    frames, _ = await s.wait()
+    waiter = asyncio.ensure_future(s.wait())
+    await asyncio.sleep(0)  # the writer parks
+    hub.publish([change(2), change(3)])
+    assert [f.split(b"\n", 1)[0] for f in written] == [b"id: 2", b"id: 3"]
+    assert s.outbox == [] and not waiter.done()
+    waiter.cancel()
+
+
+@run_async
+async def test_a_failing_direct_write_falls_back_to_the_writer() -> None:
+    hub = Hub()
+    p = principal("u", "A")
+    s = hub.subscribe(p, subs(("sub", "jobs"), who=p))  # type: ignore[arg-type]
+    s.replaying = False
+
+    def broken(frames: list[bytes]) -> bool:
+        raise RuntimeError("transport gone")
+
+    s.direct = broken
+    waiter = asyncio.ensure_future(s.wait())
+    await asyncio.sleep(0)
+    hub.publish([change(1)])  # must not raise
+    frames, closed = await asyncio.wait_for(waiter, 5)
+    assert len(frames) == 1 and not closed and s.direct is None

@@ -48,30 +48,22 @@ class RelayCollector(Collector):
         for (schema, table), count in hub.stream_counts().items():
             g.add_metric([f"{schema}.{table}"], count)
         yield g
-        c = CounterMetricFamily("relay_streams_opened", "SSE streams opened")
-        c.add_metric([], st.opened)
-        yield c
-        c = CounterMetricFamily("relay_changes_read", "changes read from the log")
-        c.add_metric([], lst.changes_read)
-        yield c
-        c = CounterMetricFamily("relay_deliveries", "events queued to streams (live)")
-        c.add_metric([], hub.delivered)
-        yield c
-        c = CounterMetricFamily("relay_bytes_sent", "bytes written to SSE streams")
-        c.add_metric([], st.bytes_sent)
-        yield c
+        counters = (
+            ("relay_streams_opened", "SSE streams opened", st.opened),
+            ("relay_changes_read", "changes read from the log", lst.changes_read),
+            ("relay_deliveries", "events queued to streams (live)", hub.delivered),
+            ("relay_bytes_sent", "bytes written to SSE streams", st.bytes_sent),
+            ("relay_listener_reconnects", "listener reconnections", lst.reconnects),
+            ("relay_replayed_events", "events sent from the log on resume", st.replayed),
+            ("relay_prune_runs", "pruning steps run by this relay", r.prune_runs),
+        )
+        for name, help_, value in counters:
+            c = CounterMetricFamily(name, help_)
+            c.add_metric([], value)
+            yield c
         c = CounterMetricFamily("relay_disconnects", "streams ended, by reason", labels=["reason"])
         for reason in ("client", "TOO_SLOW", "TOKEN_EXPIRED", "SHUTDOWN", "error"):
             c.add_metric([reason], st.disconnects.get(reason, 0))
-        yield c
-        c = CounterMetricFamily("relay_listener_reconnects", "listener reconnections")
-        c.add_metric([], lst.reconnects)
-        yield c
-        c = CounterMetricFamily("relay_replayed_events", "events sent from the log on resume")
-        c.add_metric([], st.replayed)
-        yield c
-        c = CounterMetricFamily("relay_prune_runs", "pruning steps run by this relay")
-        c.add_metric([], r.prune_runs)
         yield c
         head = r.last_head
         read = lst.position or 0

@@ -292,7 +292,6 @@ class Hub:
         self._tables: dict[tuple[str, str], _TableIndex] = {}
         self._topics: dict[str, set[Subscriber]] = {}
         self.subscribers: set[Subscriber] = set()
-        self.published = 0
         self.delivered = 0
         self._advanced: asyncio.Future[None] | None = None
         self._per_user: dict[str, int] = {}
@@ -405,7 +404,6 @@ class Hub:
             self.position = max(self.position, changes[-1].position)
         if position is not None:
             self.position = max(self.position, position)
-        self.published += len(changes)
         self.delivered += delivered
         for s in touched:
             s.flush()

@@ -205,3 +205,30 @@ def test_relay_tail_from_a_url(relay_server: RelayServer, db: Any, make_table: A
     assert proc.returncode == 0, err
     lines = [line for line in out.decode().splitlines() if line]
     assert [json.loads(line)["data"]["new"]["id"] for line in lines] == [1, 2]
+
+
+def test_callback_store_saves_after_each_handled_change(
+    relay_server: RelayServer, db: Any, make_table: Any
+) -> None:
+    from relay.client import CallbackStore
+
+    t = make_table("id int primary key, org_id text")
+    start = db.execute("select relay.current_position()").fetchone()[0]
+    db.execute(f"insert into {t} select g, 'o' from generate_series(1, 3) g")
+    saved: list[int] = []
+
+    async def load() -> int | None:
+        return start
+
+    async def save(position: int) -> None:
+        saved.append(position)
+
+    async def main() -> list[int]:
+        store = CallbackStore(load, save)
+        async with RelayClient(
+            relay_server.url, token=relay_server.service_token(), store=store
+        ) as rc:
+            return [c.id for c in await take(rc.subscribe(t), 3)]
+
+    ids = asyncio.run(main())
+    assert saved == ids[:2]  # the third is saved only once the consumer asks for more

@@ -5,6 +5,9 @@ Invariants:
   once: the listener keeps the last position it read and always reads the
   log after it, so a doorbell that was missed (connection lost, relay busy)
   only delays a change, never loses it.
+- It reads only up to a settled head (`logdb.settle`): a position is never
+  handed on while a lower one may still commit, so `hub.position` is always
+  a settled head that replays and resumes may read up to.
 - While the connection is down it reconnects with exponential backoff and
   jitter and, once back, catches up from the log before waiting again;
   `ready` is False meanwhile.
@@ -141,9 +144,10 @@ class Listener:
 
     async def _catch_up(self, conn: asyncpg.Connection) -> None:
         assert self.position is not None
+        head = await logdb.settle(conn, self.position)
         while True:
-            page = await logdb.read_changes(conn, self.position, limit=self._batch)
-            if page.pruned_through > self.position or len(page.changes) < page.positions:
+            page = await logdb.read_changes(conn, self.position, upto=head, limit=self._batch)
+            if page.pruned_through > self.position:
                 # Pruning removed changes this relay had not read yet (retention
                 # shorter than the lag): live streams cannot have them. Tell every
                 # stream to resync; from here on, read on after the pruned range.
@@ -153,8 +157,9 @@ class Listener:
                 self.position = max(self.position, pruned)
                 self._hub.publish([], self.position)
                 continue
-            if page.scanned_to > self.position:
-                self.position = page.scanned_to
+            scanned = page.scanned_to if page.more else head
+            if scanned > self.position:
+                self.position = scanned
                 self.changes_read += len(page.changes)
                 self._hub.publish(page.changes, self.position)
             if not page.more:
@@ -164,8 +169,11 @@ class Listener:
                 return
 
     async def _report(self, conn: asyncpg.Connection) -> None:
-        """Show the position read in pg_stat_activity (`relay status` computes lag from it)."""
+        """Show the position read in pg_stat_activity (`relay status` computes lag from it),
+        and record it as settled, so `relay.current_position()` walks only from there."""
         self._reported_at = time.monotonic()
+        assert self.position is not None
+        await logdb.mark_settled(conn, self.position)
         await conn.execute(
             "select set_config('application_name', $1, false)",
             f"{self._application_name} pos={self.position}"[:63],

@@ -1,8 +1,10 @@
 """Every query the relay runs against the `relay` schema (asyncpg).
 
 Invariant: reads of the log return changes in position order and only
-committed ones; because positions are drawn in commit order, a read that
-returns everything up to position P will never later find a change <= P.
+committed ones, and are only ever asked for positions up to a *settled*
+head (`settle`, or `relay.current_position()`): every position <= it is
+committed or will never be used, so a read that returned everything up to
+it will never later find a change <= it (docs/architecture.md, "Positions").
 Nothing a client sent is ever part of the SQL text: values are parameters.
 """
 
@@ -141,6 +143,42 @@ async def read_changes(
     return Page([_to_change(r) for r in rows], end, more, pruned, covered)
 
 
+BLOCK = 16384  # positions per block; a batch's positions lie in one block (sql/002)
+
+
+def block_of(position: int) -> int:
+    """The block a position belongs to (block n holds n*BLOCK .. (n+1)*BLOCK - 1)."""
+    return position // BLOCK
+
+
+def block_end(block: int) -> int:
+    """The last position of `block`: a settled head is always one."""
+    return (block + 1) * BLOCK - 1
+
+
+async def settle(conn: asyncpg.Connection, head: int, max_blocks: int = 100_000) -> int:
+    """Settle the blocks drawn after `head`; return the new settled head (>= `head`).
+
+    Each hole (a block drawn but not visible) is claimed in its own statement
+    on this autocommit connection: the claim waits for a writer committing that
+    block, or marks the block empty when its writer rolled back. Never run
+    inside a transaction: a claim held while waiting on another would deadlock.
+    """
+    row = await conn.fetchrow(
+        "select upto, holes from relay._holes($1, $2)", block_of(head), max_blocks
+    )
+    assert row is not None
+    upto, holes = int(row[0]), list(row[1])
+    for hole in holes:
+        await conn.execute("select relay._claim($1)", hole)
+    return max(head, block_end(upto))
+
+
+async def mark_settled(conn: Conn, head: int) -> None:
+    """Let `relay.current_position()` start its walk at `head` (throttled in SQL)."""
+    await conn.execute("select relay._mark_settled($1)", block_of(head))
+
+
 async def current_position(conn: Conn) -> int:
     """The highest committed position (0 for an empty log)."""
     value = await conn.fetchval("select relay.current_position()")
@@ -235,16 +273,13 @@ async def broadcast(
 ) -> int:
     """Send a broadcast in its own transaction; return its position."""
     async with conn.transaction():
-        await conn.execute(
-            "select relay.broadcast($1, $2, $3::jsonb, $4, $5)",
+        row = await conn.fetchrow(
+            "select batch, ord from relay._broadcast($1, $2, $3::jsonb, $4, $5)",
             topic,
             event,
             orjson.dumps(payload).decode(),
             org_id,
             user_id,
-        )
-        row = await conn.fetchrow(
-            "select current_setting('relay.batch')::bigint, current_setting('relay.ord')::int"
         )
         assert row is not None
         batch, ord_ = row

@@ -96,8 +96,10 @@ async def changes_page(
     position = after
     while True:
         try:
+            # read only up to a settled head (the newer of ours and the listener's)
+            head = max(head, hub.position)
             events, position, more = await _scan(
-                pool, matcher, position, limit, read_batch, tables, topics
+                pool, matcher, position, head, limit, read_batch, tables, topics
             )
         except Pruned as exc:
             return _resync(head, int(exc.args[0]), "retention")
@@ -133,6 +135,7 @@ async def _scan(
     pool: asyncpg.Pool,
     matcher: Subscriber,
     after: int,
+    upto: int,
     limit: int,
     read_batch: int,
     tables: list[tuple[str, str]],
@@ -144,7 +147,7 @@ async def _scan(
     while True:
         async with pool.acquire() as conn:
             page = await logdb.read_changes(
-                conn, position, limit=read_batch, tables=tables, topics=topics
+                conn, position, upto=upto, limit=read_batch, tables=tables, topics=topics
             )
             gone = await logdb.pruned_through(conn)
             if gone > position:
@@ -155,6 +158,6 @@ async def _scan(
                 events.append(_event_json(frame))
                 if len(events) == limit:
                     return events, ch.position, True
-        position = max(position, page.scanned_to)
+        position = max(position, page.scanned_to if page.more else upto)
         if not page.more:
             return events, position, False

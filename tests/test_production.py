@@ -13,6 +13,7 @@ import pytest
 from psycopg import sql
 
 from relay.dsn import with_dbname
+from relay.logdb import BLOCK
 from relay.migrate import migrate
 from tests.conftest import RelayServer, start_relay
 
@@ -72,12 +73,15 @@ def test_app_role_is_captured_but_cannot_touch_the_log(
             f"select relay.watch('public.{t}')",
             f"select relay.unwatch('public.{t}')",
             "select relay.prune('0 seconds', null, 10)",
-            "select nextval('relay.position_seq')",
+            "select nextval('relay.seal_seq')",
+            "select relay._claim(1)",
+            "call relay.settle()",
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 app.execute(stmt)
-        # the sanctioned API works for the application
-        app.execute("select relay.broadcast('t', 'e', '{}')")
+        # relay.broadcast needs relay_publisher; reading the head is open to all
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute("select relay.broadcast('t', 'e', '{}')")
         assert app.execute("select relay.current_position()").fetchone()[0] > 0
     rows = db.execute(
         "select kind, new::text from relay.changes where table_name = %s order by ord, batch",
@@ -175,7 +179,7 @@ def test_drop_table_unwatches_and_migrate_repairs(dsn: str, db: Any, make_table:
     assert db.execute(
         "select count(*) from relay.watched where table_name = %s", (t,)
     ).fetchone() == (0,)
-    db.execute(f"drop trigger relay_capture on {u}")  # someone broke capture by hand
+    db.execute(f"drop trigger relay_capture_insert on {u}")  # someone broke capture by hand
     migrate(dsn)
     db.execute(f"insert into {u} values (1, 'o')")
     assert db.execute(
@@ -254,13 +258,18 @@ def test_restored_database_resyncs_then_goes_live(fresh_dsn: str) -> None:
         for i in range(1, 11):
             db.execute("insert into r values (%s, 'o')", (i,))
         seen = db.execute("select relay.current_position()").fetchone()[0]
-        # "restore from a backup" taken after position 5
+        # "restore from a backup" taken after the fifth insert
+        (fifth,) = db.execute(
+            "select base from relay.batches order by base offset 4 limit 1"
+        ).fetchone()
         db.execute(
             "delete from relay.changes where batch in "
-            "(select id from relay.batches where last_pos > 5)"
+            "(select id from relay.batches where base > %s)",
+            (fifth,),
         )
-        db.execute("delete from relay.batches where last_pos > 5")
-        db.execute("select setval('relay.position_seq', 5)")
+        db.execute("delete from relay.batches where base > %s", (fifth,))
+        db.execute("select setval('relay.seal_seq', %s)", (fifth // BLOCK,))
+        db.execute("update relay.settled set block = least(block, %s)", (fifth // BLOCK,))
         srv = start_relay(fresh_dsn)
         try:
             with srv.open({"sub": "r"}, headers={"Last-Event-ID": str(seen)}) as c:
@@ -269,7 +278,7 @@ def test_restored_database_resyncs_then_goes_live(fresh_dsn: str) -> None:
                 assert ev.data["reason"] == "ahead"
                 db.execute("insert into r values (100, 'o')")
                 (live,) = c.take(1)
-            assert live.data["new"]["id"] == 100 and live.id == 6
+            assert live.data["new"]["id"] == 100 and live.id == fifth + BLOCK
         finally:
             srv.stop()
 

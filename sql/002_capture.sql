@@ -147,7 +147,10 @@ as $$
 $$;
 
 -- Statement-level capture of INSERT, UPDATE and DELETE (one trigger each:
--- transition tables allow one event per trigger).
+-- transition tables allow one event per trigger). A table with a column of a
+-- user-defined type (an enum, a domain, an extension's type) takes the
+-- dynamic path: the row's JSON is built column by column, never through a
+-- cast (relay._row_json_sql); that costs a plan per statement.
 create or replace function relay._capture() returns trigger
 language plpgsql
 security definer
@@ -157,6 +160,7 @@ declare
     v_w relay.watched;
     v_excl text[];
     v_builtin boolean;
+    v_first bigint;
     v_batch bigint;
     v_ord integer;
     v_new text;
@@ -167,15 +171,30 @@ begin
     if not found then
         return null;
     end if;
-    select coalesce(array_agg(a.attname::text) filter (where a.attnum = any (v_w.exclude_attnums)),
-                    '{}'),
-           bool_and(a.atttypid < 16384
-                    or (select ty.typtype = 'd' and ty.typbasetype < 16384
-                          from pg_type ty where ty.oid = a.atttypid))
-      into v_excl, v_builtin
-      from pg_attribute a
-     where a.attrelid = tg_relid and a.attnum > 0 and not a.attisdropped;
-    select s.batch, s.ord into v_batch, v_ord from relay._slot() s;
+    v_excl := '{}';
+    if v_w.exclude_attnums <> '{}' then
+        select coalesce(array_agg(a.attname::text), '{}') into v_excl
+          from pg_attribute a
+         where a.attrelid = tg_relid and a.attnum = any (v_w.exclude_attnums);
+    end if;
+    -- only built-in column types: to_jsonb() runs no code that a role owns
+    v_builtin := not exists (select 1 from pg_attribute a
+                              where a.attrelid = tg_relid and a.attnum > 0
+                                and a.atttypid >= 16384 and not a.attisdropped);
+    -- the transaction's batch and last ord so far (as relay._slot, inlined)
+    v_first := 4611686018427387904 + (pg_current_xact_id()::text::bigint) * 65536;
+    select c.batch, c.ord into v_batch, v_ord
+      from relay.changes c
+     where c.batch between v_first and v_first + 65535
+     order by c.batch desc, c.ord desc
+     limit 1;
+    if v_batch is null then
+        v_batch := v_first;
+        v_ord := 0;
+    elsif v_ord >= 16384 or exists (select 1 from relay.batches b where b.id = v_batch) then
+        v_batch := v_batch + 1;
+        v_ord := 0;
+    end if;
 
     if v_builtin then
         if tg_op = 'INSERT' then

@@ -38,6 +38,21 @@
 --     out; re-watching with a new exclusion also removes those values from the
 --     changes already logged.
 
+-- Lock order: writers lock their table, then relay.changes, then (at COMMIT)
+-- relay.batches. Taking the watched tables first, before any relay table,
+-- keeps this migration from deadlocking with writers committing meanwhile.
+do $$
+declare
+    v_relid oid;
+begin
+    for v_relid in select w.relid from relay.watched w
+                    where exists (select 1 from pg_class c where c.oid = w.relid)
+                    order by w.relid loop
+        execute format('lock table %s in share row exclusive mode', v_relid::regclass);
+    end loop;
+end;
+$$;
+
 create sequence if not exists relay.seal_seq as bigint minvalue 0;
 
 -- Blocks start above every position 001 handed out.
@@ -400,10 +415,11 @@ $$;
 -- same from its listener): claims each hole in its own transaction, so a
 -- claim is never held while waiting on a writer. `head` returns the settled
 -- head: every position <= it is committed and visible, or never to be used.
--- Call it outside a transaction block: CALL relay.settle();
+-- Call it outside a transaction block: CALL relay.settle(); (it has no SET
+-- search_path: a procedure with a SET clause cannot COMMIT, so it qualifies
+-- every name, and only the relay's roles may execute it)
 create or replace procedure relay.settle(inout head bigint default null)
 language plpgsql
-set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_upto bigint;
@@ -412,7 +428,7 @@ declare
 begin
     loop
         select h.upto, h.holes into v_upto, v_holes
-          from relay._holes(coalesce(head, 0) / 16384, 100000) h;
+          from relay._holes(pg_catalog.int8div(coalesce(head, 0), 16384), 100000) h;
         commit;
         foreach v_hole in array v_holes loop
             perform relay._claim(v_hole);
@@ -420,7 +436,7 @@ begin
         end loop;
         perform relay._mark_settled(v_upto);
         head := (v_upto + 1) * 16384 - 1;
-        exit when coalesce(array_length(v_holes, 1), 0) = 0
+        exit when pg_catalog.cardinality(v_holes) = 0
               or v_upto = (select case when q.is_called then q.last_value else q.last_value - 1 end
                              from relay.seal_seq q);
     end loop;

@@ -111,7 +111,6 @@ class Relay:
         self.hub = GuardedHub(keepalive_seconds=settings.keepalive_seconds)
         self.hub.recheck = self.can_subscribe
         self.slots = StreamSlots(settings.max_streams_per_user)
-        self._families_loaded_at = -1e9
         self._metrics_server: asyncio.AbstractServer | None = None
         self.catalog = Catalog()
         self._catalog_loaded_at = -1.0
@@ -230,7 +229,6 @@ class Relay:
                     s.wake()
 
     async def _load_families(self, conn: Any) -> None:
-        self._families_loaded_at = time.monotonic()
         rows = await logdb.load_topic_families(conn)
         self.hub.families = family_index(Family(*r) for r in rows)
 
@@ -337,8 +335,8 @@ class Relay:
         known = {f.family for fams in self.hub.families.values() for f in fams}
         async with self.pool.acquire() as conn:
             unknown = any(t.split(":", 1)[0] not in known for t in subs.topics if ":" in t)
-            if unknown and time.monotonic() - self._families_loaded_at > 1.0:
-                await self._load_families(conn)  # a family registered since (no NOTIFY)
+            if unknown:  # a family registered since the last load (it sends no NOTIFY)
+                await self._load_families(conn)
             for topic in subs.topics:
                 if not await logdb.can_subscribe(conn, topic, claims):
                     raise RequestError(

@@ -111,6 +111,7 @@ class Relay:
         self.hub = GuardedHub(keepalive_seconds=settings.keepalive_seconds)
         self.hub.recheck = self.can_subscribe
         self.slots = StreamSlots(settings.max_streams_per_user)
+        self._told_families = False
         self._metrics_server: asyncio.AbstractServer | None = None
         self.catalog = Catalog()
         self._catalog_loaded_at = -1.0
@@ -229,7 +230,17 @@ class Relay:
                     s.wake()
 
     async def _load_families(self, conn: Any) -> None:
-        rows = await logdb.load_topic_families(conn)
+        try:
+            rows = await logdb.load_topic_families(conn)
+        except asyncpg.InsufficientPrivilegeError:
+            if not self._told_families:
+                self._told_families = True
+                log.warning(
+                    "cannot read relay.topic_families (grant select on it to the relay's "
+                    "role, or run `relay migrate`): topics are not re-checked when the "
+                    "row they rest on changes owner"
+                )
+            return
         self.hub.families = family_index(Family(*r) for r in rows)
 
     def _family_tables(self, topics: tuple[str, ...]) -> dict[tuple[str, str], list[Family]]:

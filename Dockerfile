@@ -30,4 +30,6 @@ EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s \
   CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"]
 ENTRYPOINT ["relay"]
+# Safe by default: `relay serve` on 0.0.0.0 without RELAY_JWT_SECRET/RELAY_JWKS_URL exits
+# with a one-line error; it never serves unauthenticated or hands out tokens.
 CMD ["serve"]

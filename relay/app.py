@@ -1,15 +1,22 @@
 """The HTTP surface: Starlette routes wired to the hub, the listener and the pool.
 
-Invariant: every request error is answered as JSON `{"error", "message"}`
+Invariants: every request error is answered as JSON `{"error", "message"}`
 with a 4xx status before a stream starts; an unexpected failure is logged
 with its details and answered with a generic 503, never a stack trace.
+Anonymous clients learn nothing about other clients: `/readyz` answers only
+a status, `/metrics` is for operators (its own address, or loopback), the
+demo's token route exists only in `relay demo` and answers loopback clients
+only, and `POST /v1/broadcast` takes no cookie and no non-JSON body (a
+cross-site form cannot forge one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
+import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,18 +41,34 @@ from relay.broadcasts import TYPED_EVENTS, BroadcastRequest, schemas
 from relay.catalog import Catalog
 from relay.changes import system_frame
 from relay.dsn import as_url
-from relay.hub import SHUTDOWN, Hub
+from relay.hub import SHUTDOWN
+from relay.limits import Slot, StreamSlots, limit_key
 from relay.listener import Listener
 from relay.longpoll import changes_page
-from relay.metrics import StreamStats, registry_for
+from relay.metrics import StreamStats, parse_address, registry_for, serve_metrics
 from relay.principal import Principal
 from relay.settings import Settings
 from relay.stream import EventStream
 from relay.subscriptions import RequestError, SubscriptionSet, parse_subscriptions, stale_reason
+from relay.topicguard import Family, GuardedHub, family_index, replay_floors
 
 log = logging.getLogger("relay.app")
 
 MAX_POSITION = 2**63 - 1
+FORWARDED = (b"forwarded", b"x-forwarded-for", b"x-real-ip")
+
+
+def is_loopback_client(request: Request) -> bool:
+    """The peer is this machine and no proxy said it forwards someone else."""
+    client = request.client
+    if client is None:
+        return False
+    if any(k in FORWARDED for k, _ in request.scope.get("headers", ())):
+        return False
+    try:
+        return ipaddress.ip_address(client.host).is_loopback
+    except ValueError:
+        return False
 
 
 def error(status: int, code: str, message: str) -> JSONResponse:
@@ -85,7 +108,11 @@ class Relay:
             issuer=settings.jwt_issuer,
             org_claims=tuple(c.strip() for c in settings.jwt_org_claim.split(",") if c.strip()),
         )
-        self.hub = Hub(keepalive_seconds=settings.keepalive_seconds)
+        self.hub = GuardedHub(keepalive_seconds=settings.keepalive_seconds)
+        self.hub.recheck = self.can_subscribe
+        self.slots = StreamSlots(settings.max_streams_per_user)
+        self._told_families = False
+        self._metrics_server: asyncio.AbstractServer | None = None
         self.catalog = Catalog()
         self._catalog_loaded_at = -1.0
         self._catalog_lock = asyncio.Lock()
@@ -122,6 +149,11 @@ class Relay:
         )
         await self.refresh_catalog()
         await self.listener.start_position()
+        if self.settings.metrics_address:
+            host, port = parse_address(self.settings.metrics_address)
+            self._metrics_server = await serve_metrics(
+                self.render_metrics, host, port, self.settings.header_timeout_seconds
+            )
         # Streams are long-lived: keep the start-up heap out of every full GC pass,
         # and collect the young generation less often (fewer loop stalls under load).
         gc.freeze()
@@ -133,6 +165,8 @@ class Relay:
         ]
 
     async def stop(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.close()
         retry = self.settings.retry_ms
         self.hub.close_all(SHUTDOWN, {"status": SHUTDOWN, "retry": retry}, retry_ms=retry)
         for t in self._tasks:
@@ -177,6 +211,7 @@ class Relay:
             started = time.monotonic()
             async with self.pool.acquire() as conn:
                 self.catalog = await logdb.load_catalog(conn)
+                await self._load_families(conn)
             self._catalog_loaded_at = started
             self._tell_stale_subscriptions()
 
@@ -194,9 +229,93 @@ class Relay:
                 if s.push(system_frame({"status": "SUBSCRIPTION_ERROR", **problem})):
                     s.wake()
 
+    async def _load_families(self, conn: Any) -> None:
+        try:
+            rows = await logdb.load_topic_families(conn)
+        except asyncpg.InsufficientPrivilegeError:
+            if not self._told_families:
+                self._told_families = True
+                log.warning(
+                    "cannot read relay.topic_families (grant select on it to the relay's "
+                    "role, or run `relay migrate`): topics are not re-checked when the "
+                    "row they rest on changes owner"
+                )
+            return
+        self.hub.families = family_index(Family(*r) for r in rows)
+
+    def _family_tables(self, topics: tuple[str, ...]) -> dict[tuple[str, str], list[Family]]:
+        wanted = {t.split(":", 1)[0] for t in topics if ":" in t}
+        out: dict[tuple[str, str], list[Family]] = {}
+        for key, fams in self.hub.families.items():
+            for f in fams:
+                if f.family in wanted:
+                    out.setdefault(key, []).append(f)
+        return out
+
     async def principal(self, request: Request) -> Principal:
-        token = token_from(request.headers, request.query_params, request.cookies)
-        return await self.auth.verify(token)
+        return (await self.identify(request))[0]
+
+    async def identify(
+        self, request: Request, *, cookies: bool = True
+    ) -> tuple[Principal, str | None]:
+        """The verified principal and the token it came from (`cookies=False`: no cookie)."""
+        token = token_from(
+            request.headers, request.query_params, request.cookies if cookies else {}
+        )
+        return await self.auth.verify(token), token
+
+    def take_slot(self, principal: Principal, token: str | None) -> Slot:
+        """A stream slot of this token's owner, or 429 (checked and taken atomically)."""
+        slot = self.slots.acquire(limit_key(principal, token or ""))
+        if slot is None:
+            n = self.settings.max_streams_per_user
+            raise RequestError(
+                429,
+                "too_many_streams",
+                f"this user already has {n} open streams or waiting long-polls "
+                "(RELAY_MAX_STREAMS_PER_USER); close some, or carry several sub= on one",
+            )
+        return slot
+
+    async def can_subscribe(self, principal: Principal, topic: str) -> bool:
+        claims = dict(principal.claims)
+        claims["org_ids"] = sorted(principal.orgs)
+        async with self.pool.acquire() as conn:
+            return await logdb.can_subscribe(conn, topic, claims)
+
+    async def with_topic_floors(
+        self, principal: Principal, subs: SubscriptionSet, after: int | None
+    ) -> SubscriptionSet:
+        """`subs` with the replay floors of its family topics (relay.topicguard)."""
+        if principal.is_service or after is None or not subs.topics:
+            return subs
+        families = self._family_tables(subs.topics)
+        if not families:
+            return subs
+        tables = sorted(families)
+        floors: dict[str, int] = {}
+        cursor = after
+        async with self.pool.acquire() as conn:
+            while True:
+                page = await logdb.read_changes(
+                    conn, cursor, limit=self.settings.read_batch, tables=tables, topics=[]
+                )
+                for topic, pos in replay_floors(
+                    page.changes, principal, families, subs.topics
+                ).items():
+                    floors[topic] = max(floors.get(topic, 0), pos)
+                cursor = page.scanned_to
+                if not page.more:
+                    break
+        return dataclasses.replace(subs, topic_floors=floors) if floors else subs
+
+    async def render_metrics(self) -> bytes:
+        try:
+            async with self.pool.acquire() as conn:
+                self.last_head = await logdb.current_position(conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            pass  # lag is then computed against the last head seen
+        return generate_latest(self.metrics)
 
     async def parse(self, request: Request, principal: Principal) -> SubscriptionSet:
         """Subscriptions of a request; an unknown table re-reads the catalog once."""
@@ -224,7 +343,11 @@ class Relay:
             return
         claims = dict(principal.claims)
         claims["org_ids"] = sorted(principal.orgs)
+        known = {f.family for fams in self.hub.families.values() for f in fams}
         async with self.pool.acquire() as conn:
+            unknown = any(t.split(":", 1)[0] not in known for t in subs.topics if ":" in t)
+            if unknown:  # a family registered since the last load (it sends no NOTIFY)
+                await self._load_families(conn)
             for topic in subs.topics:
                 if not await logdb.can_subscribe(conn, topic, claims):
                     raise RequestError(
@@ -233,6 +356,18 @@ class Relay:
                         f"topic {topic[:80]!r}: this token may not read it "
                         "(relay.can_subscribe denied)",
                     )
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it exceeds `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _guarded(
@@ -278,9 +413,23 @@ class _Endpoint:
         if extra_headers:
             if isinstance(response, Response):
                 response.raw_headers.extend(extra_headers)
-            elif isinstance(response, EventStream):
-                response.extra_headers = extra_headers
+            elif isinstance(response, _Slotted):
+                response.stream.extra_headers = extra_headers
         await response(scope, receive, send)
+
+
+class _Slotted:
+    """A stream that holds a per-user slot until it ends (`relay.limits`)."""
+
+    def __init__(self, stream: EventStream, slot: Slot) -> None:
+        self.stream = stream
+        self.slot = slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.stream(scope, receive, send)
+        finally:
+            self.slot.release()
 
 
 class _StreamsFirst:
@@ -322,24 +471,19 @@ def create_app(relay: Relay, *, start: bool = True) -> ASGIApp:
     async def stream(request: Request) -> Response | ASGIApp:
         if request.method != "GET":  # Starlette adds HEAD to GET routes: no body, no stream
             return error(405, "method_not_allowed", "open the stream with GET")
-        principal = await relay.principal(request)
-        if (
-            not principal.is_service
-            and principal.sub is not None
-            and relay.hub.streams_of(principal.sub) >= settings.max_streams_per_user
-        ):
-            return error(
-                429,
-                "too_many_streams",
-                f"this user already has {settings.max_streams_per_user} open streams "
-                "(RELAY_MAX_STREAMS_PER_USER); close some, or carry several sub= on one",
-            )
-        subs = await relay.parse(request, principal)
-        await relay.authorize_topics(principal, subs)
-        header = request.headers.get("last-event-id")
-        raw = header if header is not None else request.query_params.get("last_event_id")
-        last, ignored = parse_last_event_id(raw)
-        return EventStream(
+        principal, token = await relay.identify(request)
+        slot = relay.take_slot(principal, token)  # no await between check and take
+        try:
+            subs = await relay.parse(request, principal)
+            await relay.authorize_topics(principal, subs)
+            header = request.headers.get("last-event-id")
+            raw = header if header is not None else request.query_params.get("last_event_id")
+            last, ignored = parse_last_event_id(raw)
+            subs = await relay.with_topic_floors(principal, subs, last)
+        except BaseException:
+            slot.release()
+            raise
+        stream = EventStream(
             hub=relay.hub,
             pool=relay.pool,
             principal=principal,
@@ -354,26 +498,49 @@ def create_app(relay: Relay, *, start: bool = True) -> ASGIApp:
             close_grace=settings.close_grace_seconds,
             stats=relay.stats,
         )
+        return _Slotted(stream, slot)
 
     async def changes(request: Request) -> Response:
-        principal = await relay.principal(request)
-        subs = await relay.parse(request, principal)
-        await relay.authorize_topics(principal, subs)
-        return await changes_page(
-            request,
-            hub=relay.hub,
-            pool=relay.pool,
-            principal=principal,
-            subs=subs,
-            read_batch=settings.read_batch,
-        )
+        principal, token = await relay.identify(request)
+        waits = request.query_params.get("wait", "") not in ("", "0")
+        # a waiting long-poll holds a connection like a stream: it takes a slot
+        slot = relay.take_slot(principal, token) if waits else None
+        try:
+            subs = await relay.parse(request, principal)
+            await relay.authorize_topics(principal, subs)
+            after = request.query_params.get("after", "")
+            if after.isascii() and after.isdigit() and len(after) <= 19:
+                subs = await relay.with_topic_floors(principal, subs, int(after))
+            return await changes_page(
+                request,
+                hub=relay.hub,
+                pool=relay.pool,
+                principal=principal,
+                subs=subs,
+                read_batch=settings.read_batch,
+            )
+        finally:
+            if slot is not None:
+                slot.release()
 
     async def broadcast(request: Request) -> Response:
-        principal = await relay.principal(request)
+        # never by cookie: a browser would attach it to a cross-site form post
+        principal, _ = await relay.identify(request, cookies=False)
         if not principal.is_service:
             return error(403, "forbidden", "only a service_role token may broadcast")
-        raw = await request.body()
-        if len(raw) > 1_000_000:
+        ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if ctype != "application/json":
+            return error(
+                415,
+                "unsupported_media_type",
+                "send the broadcast as Content-Type: application/json",
+            )
+        try:
+            async with asyncio.timeout(settings.body_timeout_seconds):
+                raw = await _read_body(request, 1_000_000)
+        except TimeoutError:
+            return error(408, "request_timeout", "the request body did not arrive in time")
+        if raw is None:
             return error(413, "too_large", "broadcast body is larger than 1 MB")
         try:
             body = BroadcastRequest.model_validate_json(raw)
@@ -406,25 +573,25 @@ def create_app(relay: Relay, *, start: bool = True) -> ASGIApp:
         return JSONResponse(schemas())
 
     async def metrics(request: Request) -> Response:
-        try:
-            async with relay.pool.acquire() as conn:
-                relay.last_head = await logdb.current_position(conn)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            pass  # lag is then computed against the last head seen
-        return Response(generate_latest(relay.metrics), media_type=CONTENT_TYPE_LATEST)
+        if settings.metrics_address:
+            return error(404, "not_found", "metrics are served on RELAY_METRICS_ADDRESS")
+        if not is_loopback_client(request):
+            return error(
+                403,
+                "forbidden",
+                "metrics answer loopback clients only; set RELAY_METRICS_ADDRESS to serve "
+                "them to a scraper on a separate address",
+            )
+        return Response(await relay.render_metrics(), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        lst = relay.listener
-        body: dict[str, Any] = {
-            "ready": lst.ready,
-            "connected": lst.connected,
-            "position": lst.position,
-            "streams": len(relay.hub.subscribers),
-        }
-        return JSONResponse(body, status_code=200 if lst.ready else 503)
+        # only the status: positions and stream counts are for /metrics (operators)
+        ready = relay.listener.ready
+        body = {"status": "ready" if ready else "not_ready", "ready": ready}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     static = resources.files("relay").joinpath("static")
 
@@ -440,7 +607,9 @@ def create_app(relay: Relay, *, start: bool = True) -> ASGIApp:
 
     async def demo_tokens_route(request: Request) -> Response:
         if relay.demo_secret is None:
-            return error(404, "not_found", "demo tokens exist only in demo mode")
+            return error(404, "not_found", "demo tokens exist only in `relay demo`")
+        if not is_loopback_client(request):
+            return error(403, "forbidden", "demo tokens are handed to loopback clients only")
         return JSONResponse(demo_tokens(relay.demo_secret), headers={"cache-control": "no-store"})
 
     @contextlib.asynccontextmanager

@@ -1,14 +1,19 @@
 """Token verification: a request's JWT becomes a `Principal`, or a 401.
 
 Invariants: no token is accepted unverified (`alg: none` and unexpected
-algorithms are rejected), `exp` is required, and an error says what is wrong
-with the token in words a developer can act on, never echoing the token.
+algorithms are rejected), `exp` is required and must be a JSON number, and an
+error says what is wrong with the token in words a developer can act on,
+never echoing the token. Whatever bytes arrive as a token, `verify` either
+returns a `Principal` or raises `AuthError` (a 401): a malformed header
+(`crit`, a non-string `kid` or `alg`), a key of the wrong type for the
+algorithm, or a failure inside the JWT library is never a 5xx.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +25,8 @@ import jwt
 from relay.principal import Principal
 
 ASYMMETRIC = ("RS256", "ES256")
+# The JWK key type (`kty`) each asymmetric algorithm needs.
+KEY_TYPES = {"RS256": "RSA", "ES256": "EC"}
 log = logging.getLogger("relay.auth")
 
 
@@ -56,6 +63,11 @@ def _claim(claims: Mapping[str, Any], path: str) -> Any:
             return None
         value = value.get(part)
     return value
+
+
+def _is_number(value: Any) -> bool:
+    """A JSON number (not a string of digits, not a boolean), finite."""
+    return type(value) in (int, float) and math.isfinite(value)
 
 
 def _strings(value: Any) -> set[str]:
@@ -169,20 +181,42 @@ class Authenticator:
         if len(token) > 16384:
             raise AuthError("invalid_token", "token is too long")
         try:
+            return await self._verify(token)
+        except AuthError:
+            raise
+        except Exception as exc:  # the last resort: a token can never cause a 5xx
+            log.info("token rejected by an unexpected error: %s", type(exc).__name__)
+            raise AuthError("invalid_token", "token could not be verified") from None
+
+    async def _verify(self, token: str) -> Principal:
+        try:
             header = jwt.get_unverified_header(token)
-        except jwt.exceptions.DecodeError:
-            raise AuthError("invalid_token", "token is not a well-formed JWT") from None
+        except jwt.exceptions.InvalidTokenError as exc:
+            raise AuthError(
+                "invalid_token", f"token is not a well-formed JWT: {str(exc)[:100]}"
+            ) from None
+        if "crit" in header:
+            raise AuthError(
+                "invalid_token", "token header has a 'crit' parameter: no extension is supported"
+            )
         alg = header.get("alg")
+        if not isinstance(alg, str):
+            raise AuthError("invalid_token", "token header 'alg' must be a string")
         key: Any
         if alg == "HS256" and self._secret:
             key = self._secret
         elif alg in ASYMMETRIC and self._jwks is not None:
             kid = header.get("kid")
             if not isinstance(kid, str) or not kid:
-                raise AuthError("invalid_token", f"{alg} token has no 'kid' header")
+                raise AuthError("invalid_token", f"{alg} token has no string 'kid' header")
             jwk = await self._jwks.get(kid)
             if jwk is None:
                 raise AuthError("invalid_token", f"no key with kid {kid[:40]!r} in the JWKS")
+            if jwk.key_type != KEY_TYPES[alg] or (alg == "ES256" and jwk.algorithm_name != alg):
+                raise AuthError(
+                    "invalid_token",
+                    f"token algorithm {alg} does not fit key {kid[:40]!r} (a {jwk.key_type} key)",
+                )
             key = jwk.key
         else:
             accepted = (["HS256"] if self._secret else []) + (
@@ -190,7 +224,7 @@ class Authenticator:
             )
             raise AuthError(
                 "invalid_token",
-                f"token algorithm {str(alg)[:20]!r} is not accepted "
+                f"token algorithm {alg[:20]!r} is not accepted "
                 f"(expected {' or '.join(accepted) or 'none configured'})",
             )
         try:
@@ -219,6 +253,9 @@ class Authenticator:
             raise AuthError("invalid_token", "token issuer (iss) is not accepted") from None
         except jwt.exceptions.InvalidTokenError as exc:
             raise AuthError("invalid_token", f"token is invalid: {str(exc)[:100]}") from None
+        for name in ("exp", "nbf", "iat"):
+            if name in claims and not _is_number(claims[name]):
+                raise AuthError("invalid_token", f"token claim {name!r} must be a number")
         return principal_from_claims(claims, self._org_claims)
 
 

@@ -1,8 +1,10 @@
 """The `relay` command: serve, demo, migrate, tail, token.
 
-Invariant: the relay never starts open by default: without
-`RELAY_JWT_SECRET` it refuses to serve, except in the embedded demo mode,
-which makes its own secret and prints a token for it.
+Invariants: the relay never starts open to the network: without
+`RELAY_JWT_SECRET` or a JWKS, `relay serve` refuses to listen beyond loopback
+(on loopback, with the embedded database, it makes a local secret and prints
+a token on the console). Only `relay demo` has a token route, and it signs
+with the demo's own secret, never with a configured one.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -54,22 +57,39 @@ def _serve(args: argparse.Namespace, *, with_worker: bool) -> None:
         settings.port = args.port
     _setup_logging(settings)
     embedded = not settings.database_url
+    demo = with_worker or args.demo_tokens
+    has_jwks = bool(settings.jwks_url or settings.jwks_file)
+    if not demo and not settings.jwt_secret and not has_jwks:
+        if not is_loopback(settings.host):
+            sys.exit(
+                f"relay: refusing to listen on {settings.host} without authentication: "
+                "set RELAY_JWT_SECRET (or RELAY_JWKS_URL/RELAY_JWKS_FILE), "
+                "or listen on 127.0.0.1"
+            )
+        if not embedded:
+            sys.exit(
+                "relay: neither RELAY_JWT_SECRET nor RELAY_JWKS_URL/RELAY_JWKS_FILE is set; "
+                "refusing to start without authentication "
+                "(unset RELAY_DATABASE_URL to run the embedded database on 127.0.0.1)"
+            )
     dsn, server = _database(settings, demo_ok=True)
     secret = settings.jwt_secret
     if embedded or with_worker:
-        from relay.embedded import demo_secret
-
         applied = migrate(dsn, demo=True)
         if applied:
             print(f"relay: migrated ({', '.join(applied)})", flush=True)
-        secret = secret or demo_secret(settings.data_dir)
-    if not secret and not (settings.jwks_url or settings.jwks_file):
-        sys.exit(
-            "relay: neither RELAY_JWT_SECRET nor RELAY_JWKS_URL/RELAY_JWKS_FILE is set; "
-            "refusing to start without authentication "
-            "(unset RELAY_DATABASE_URL to run the embedded demo instead)"
-        )
-    demo_mode = (embedded or with_worker or args.demo_tokens) and bool(secret)
+    if demo or (embedded and not secret and not has_jwks):
+        from relay.embedded import demo_secret
+
+        if demo and secret and with_worker:
+            print(
+                "relay demo: RELAY_JWT_SECRET is not used: demo tokens are signed with the "
+                "demo's own secret",
+                flush=True,
+            )
+        # the demo's own secret, never a configured one (`relay demo` signs tokens with it)
+        secret = demo_secret(settings.data_dir)
+    demo_mode = demo
     if args.workers > 1:
         try:
             code = asyncio.run(
@@ -83,10 +103,15 @@ def _serve(args: argparse.Namespace, *, with_worker: bool) -> None:
     app = create_app(relay)
     url = f"http://{settings.host}:{settings.port}"
     if demo_mode and secret:
-        relay.demo_secret = secret
+        relay.demo_secret = secret  # the token route of `relay demo` (loopback clients only)
         first = demo_tokens(secret)[0]
         print(f"relay: demo token ({first['label']}, 24 h): {first['token']}", flush=True)
         print(f"relay: open {url}/?access_token={first['token']}", flush=True)
+    elif embedded and secret and not settings.jwt_secret:
+        # printed here only: `relay serve` never hands out tokens over HTTP
+        first = demo_tokens(secret)[0]
+        print(f"relay: serving on {url} (loopback only: no RELAY_JWT_SECRET)", flush=True)
+        print(f"relay: a local token ({first['label']}, 24 h): {first['token']}", flush=True)
     else:
         print(f"relay: serving on {url}", flush=True)
     uv = make_server(relay, app, settings.host, settings.port)
@@ -111,6 +136,16 @@ def _serve(args: argparse.Namespace, *, with_worker: bool) -> None:
     finally:
         if server is not None:
             server.cleanup()
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _die_with_parent() -> None:

@@ -30,6 +30,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 from relay.columns import Column
+from relay.regex import RegexError, compile_regex
 
 __all__ = ["OPERATORS", "Condition", "Filter", "FilterError", "parse_filter"]
 
@@ -933,9 +934,7 @@ def _distinct_predicate(
     return predicate
 
 
-def _pattern_predicate(
-    column: str, search: Callable[[str], re.Match[str] | None], negated: bool
-) -> Predicate:
+def _pattern_predicate(column: str, search: Callable[[str], object], negated: bool) -> Predicate:
     def predicate(row: Mapping[str, Any]) -> bool:
         value = row.get(column)
         if type(value) is not str:
@@ -1048,6 +1047,7 @@ def _parse_condition(
             value = text_value
             insensitive = op in ("ilike", "imatch") or kind.case_insensitive
             flags = re.DOTALL | (re.IGNORECASE if insensitive else 0)
+            search: Callable[[str], object]
             if op in ("like", "ilike"):
                 try:
                     regex = _like_to_regex(text_value)
@@ -1055,7 +1055,10 @@ def _parse_condition(
                     raise FilterError(f"{where}: {exc}") from None
                 search = _compile(regex, flags, where, "LIKE pattern").fullmatch
             else:
-                search = _compile(text_value, flags, where, "regular expression").search
+                try:  # RE2, linear time (relay.regex); Python's re could backtrack forever
+                    search = compile_regex(text_value, insensitive)
+                except RegexError as exc:
+                    raise FilterError(f"{where}: invalid regular expression: {exc}") from None
             predicate = _pattern_predicate(name, search, negated)
         else:
             value, key = _convert(kind, text_value, where)

@@ -111,6 +111,10 @@ class Subscriber:
         if kind == BROADCAST:
             if change.topic not in self.topics:
                 return None
+            if self.subs.topic_floors and change.position <= self.subs.topic_floors.get(
+                change.topic or "", 0
+            ):
+                return None  # sent while the topic's row was someone else's (replay)
             if (change.user_id is not None or change.org_id is not None) and not p.owns(
                 change.user_id, change.org_id
             ):

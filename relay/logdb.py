@@ -293,3 +293,14 @@ async def broadcast(
         batch, ord_ = row
     value = await conn.fetchval("select base from relay.batches where id = $1", batch)
     return int(value) + int(ord_) - 1
+
+
+async def load_topic_families(conn: Conn) -> list[tuple[str, str, str, str]]:
+    """(family, schema, table, primary key column) of every registered topic family
+    whose table is watched with a single-column primary key."""
+    rows = await conn.fetch(
+        "select f.family, w.schema_name, w.table_name, w.pk_columns[1]"
+        "  from relay.topic_families f join relay.watched w on w.relid = f.relid"
+        " where array_length(w.pk_columns, 1) = 1"
+    )
+    return [(r[0], r[1], r[2], r[3]) for r in rows]

@@ -5,7 +5,9 @@ Invariants: the same subscriptions, visibility and payload bytes as
 `position` is the last position *scanned*, so a client that asks again with
 `after=position` skips nothing and sees nothing twice; a page cut at `limit`
 (`more: true`) can never change, since positions follow commit order, and
-is cacheable, while a page that reached the head is `no-store`.
+is cacheable (varying by Authorization and Cookie), while a page that
+reached the head is `no-store`; a waiting poll answers by its token's `exp`
+at the latest (with what it has, possibly an empty page).
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ async def changes_page(
 ) -> Response:
     limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     wait = _wait_param(request)
+    if principal.exp is not None:  # never answer after the token's exp: an empty page at it
+        wait = max(0.0, min(wait, principal.exp - time.time()))
     async with pool.acquire() as conn:
         head, oldest = await logdb.head_and_oldest(conn)
     after = _int_param(request, "after", head, 0, MAX_POSITION)
@@ -119,8 +123,14 @@ async def changes_page(
     if more:
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
         if request.headers.get("if-none-match") == etag:
-            return Response(status_code=304, headers={"etag": etag})
-        headers = {"cache-control": "private, max-age=86400, immutable", "etag": etag}
+            return Response(
+                status_code=304, headers={"etag": etag, "vary": "Authorization, Cookie"}
+            )
+        headers = {
+            "cache-control": "private, max-age=86400, immutable",
+            "etag": etag,
+            "vary": "Authorization, Cookie",  # what a page holds depends on the token
+        }
     return Response(body, media_type="application/json", headers=headers)
 
 

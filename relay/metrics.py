@@ -1,20 +1,22 @@
 """`/metrics`: the relay's counters in Prometheus text format.
 
-Invariant: nothing on the hot path touches prometheus-client; the hub,
+Invariants: nothing on the hot path touches prometheus-client; the hub,
 listener and streams keep plain integer counters, and a collector reads
 them at scrape time (one registry per relay, so several relays in one
-process do not collide).
+process do not collide). The figures are for operators: they are served
+on `RELAY_METRICS_ADDRESS` when set, else to loopback clients only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -86,3 +88,49 @@ def registry_for(relay: Relay) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(RelayCollector(relay))
     return reg
+
+
+async def serve_metrics(
+    render: Callable[[], Awaitable[bytes]], host: str, port: int, header_timeout: float = 5.0
+) -> asyncio.AbstractServer:
+    """A minimal HTTP listener for operators: `GET /metrics` only, one request per connection.
+
+    Kept apart from the public port so that which tables have subscribers and how
+    fast the log moves are visible to the scraper, not to anyone who can reach
+    the relay. A client that does not send its request head in `header_timeout`
+    seconds is dropped.
+    """
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(header_timeout):
+                head = await reader.readuntil(b"\r\n\r\n")
+            line = head.split(b"\r\n", 1)[0].split(b" ")
+            if len(line) == 3 and line[0] in (b"GET", b"HEAD") and line[1] == b"/metrics":
+                body = await render()
+                status, ctype = b"200 OK", CONTENT_TYPE_LATEST.encode()
+            else:
+                body, status, ctype = b"not found\n", b"404 Not Found", b"text/plain"
+            if line[0] == b"HEAD":
+                body_out = b""
+            else:
+                body_out = body
+            writer.write(
+                b"HTTP/1.1 %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n" % (status, ctype, len(body)) + body_out
+            )
+            await writer.drain()
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host, port, limit=16384)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`host:port` (`[::1]:9090` for IPv6) -> (host, port); ValueError if malformed."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)

@@ -91,6 +91,31 @@ class Settings(BaseSettings):
         default="relay", description="application_name of the relay's database sessions"
     )
 
+    # --- hostile and broken clients (issue 15): what one client may hold ---
+    header_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="a connection that has not sent a complete request head in this long "
+        "is closed (idle or trickling sockets)",
+    )
+    body_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="a request body (POST /v1/broadcast) must arrive in this long",
+    )
+    max_connections: int = Field(
+        default=10_000,
+        ge=1,
+        description="open connections per process; beyond it new ones are refused with 503 "
+        "(capped below the process's open-file limit)",
+    )
+    metrics_address: str | None = Field(
+        default=None,
+        description="`host:port` serving /metrics for operators; when unset, /metrics on "
+        "the main port answers loopback clients only",
+    )
+    # --- end of issue 15 settings ---
+
     @model_validator(mode="after")
     def _outbox_holds_a_batch(self) -> Settings:
         if self.max_outbox_events < self.read_batch:

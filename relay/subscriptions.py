@@ -8,8 +8,8 @@ nothing the client sent is ever interpolated into SQL.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from relay.catalog import Catalog, Table
@@ -69,6 +69,9 @@ class SubscriptionSet:
 
     rows: tuple[RowSubscription, ...]
     topics: tuple[str, ...]
+    # per topic: broadcasts at or below this position are not replayed (the row
+    # the topic rests on belonged to someone else then; relay.topicguard)
+    topic_floors: Mapping[str, int] = field(default_factory=dict)
 
     def describe(self) -> list[dict[str, Any]]:
         return [r.describe() for r in self.rows] + [{"topic": t} for t in self.topics]

@@ -64,7 +64,10 @@ def test_auth_and_validation(relay_server: RelayServer) -> None:
         r = httpx.post(
             f"{relay_server.url}/v1/broadcast",
             content=garbage,
-            headers={"Authorization": f"Bearer {relay_server.service_token()}"},
+            headers={
+                "Authorization": f"Bearer {relay_server.service_token()}",
+                "Content-Type": "application/json",
+            },
             timeout=10,
         )
         assert r.status_code == 422, garbage

@@ -79,7 +79,8 @@ def test_upgrade_from_001_under_writers_and_a_serving_relay(db_on_001: str) -> N
             assert [e.id for e in replayed] == [p for p, k, _ in old_log if k != "B"]
             writer = threading.Thread(target=write, daemon=True)
             writer.start()
-            assert migrate(db_on_001) == ["002_capture.sql"]
+            applied = migrate(db_on_001)
+            assert applied[0] == "002_capture.sql" and "001_relay.sql" not in applied
             with psycopg.connect(db_on_001, autocommit=True) as db:
                 db.execute("insert into up values (5000, 'o', 's', 0)")
                 db.execute("update up set n = 2 where id = 1")
@@ -143,7 +144,7 @@ def test_migrate_as_a_non_superuser_database_owner(pg_admin_dsn: str, db: Any) -
     try:
         with psycopg.connect(owner_url, autocommit=True) as conn:
             conn.execute("create schema app")  # PG 15+: public is not writable by all
-        assert migrate(owner_url, demo=False) == ["001_relay.sql", "002_capture.sql"]
+        assert migrate(owner_url, demo=False)[:2] == ["001_relay.sql", "002_capture.sql"]
         with psycopg.connect(owner_url, autocommit=True) as conn:
             conn.execute("create type app.st as enum ('a', 'b')")
             conn.execute("create table app.t (id int primary key, org_id text, s app.st)")

@@ -478,9 +478,20 @@ def test_a_refused_channel_errors_alone_and_resync_reaches_the_page(
     page.context.close()
 
 
+def require_ids(srv: RelayServer, db: Any, make_table: Callable[..., str]) -> None:
+    """Skip unless the relay names subscriptions in "ids" (the server side of issue 16)."""
+    t = make_table("id int primary key, org_id text")
+    with srv.open([("sub", t)]) as c:
+        db.execute(f"insert into {t} values (1, 'o')")
+        event = c.next(10)
+    if "ids" not in event.data:
+        pytest.skip('this relay does not send "ids" yet: needs the server side of issue 16')
+
+
 def test_channels_on_one_table_with_different_filters_get_their_own_rows(
     browser: Browser, relay_server: RelayServer, db: Any, make_table: Callable[..., str]
 ) -> None:
+    require_ids(relay_server, db, make_table)  # relay.js routes by ids, never by filters
     t = make_table("id int primary key, org_id text, room int, kind text")
     o = org()
     page = browser.new_context().new_page()

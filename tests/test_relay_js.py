@@ -15,18 +15,20 @@ import json
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
 
 pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 from playwright.sync_api import Browser, Page  # noqa: E402
 
-from tests.test_browser import browser  # noqa: E402,F401  (the Chromium fixture)
+from tests.conftest import RelayServer  # noqa: E402
+from tests.test_browser import browser, require_ids  # noqa: E402,F401  (browser: the fixture)
 
 RELAY_JS = Path(__file__).parent.parent / "relay" / "static" / "relay.js"
 PAGE = """<!doctype html><meta charset="utf-8"><title>relay.js unit page</title><body>
@@ -385,3 +387,129 @@ def test_a_channel_with_an_older_since_is_caught_up_alone(
         "progress": [["60", topic, "tick"], ["103", topic, "tick"], ["106", topic, "tick"]],
     }
     assert page.evaluate("window.relay.position") == "107"
+
+
+# ---- against the real relay -----------------------------------------------------------------
+
+REAL_PAGE = """<!doctype html><meta charset="utf-8"><body><script type="module">
+import { createRelay } from '/relay.js';
+const q = new URLSearchParams(location.search);
+window.relay = createRelay(location.origin, { token: q.get('token'), storageKey: false });
+window.got = {};
+window.channels = {};
+window.listen = (name, config) => {
+  window.got[name] = [];
+  window.channels[name] = window.relay.channel(name)
+    .on('postgres_changes', config, (m) => window.got[name].push(m.new))
+    .subscribe();
+};
+window.ready = true;
+</script>"""
+
+
+def real_page(browser: Browser, srv: RelayServer, token: str) -> Page:  # noqa: F811
+    p = browser.new_context().new_page()
+    p.route(
+        "**/__test__/real.html*",
+        lambda route: route.fulfill(status=200, content_type="text/html", body=REAL_PAGE),
+    )
+    p.goto(f"{srv.url}/__test__/real.html?{urlencode({'token': token})}")
+    p.wait_for_function("window.ready === true", timeout=10_000)
+    return p
+
+
+def all_subscribed(p: Page) -> None:
+    p.wait_for_function(
+        "Object.values(window.channels).length"
+        " && Object.values(window.channels).every(c => c.state === 'SUBSCRIBED')",
+        timeout=10_000,
+    )
+
+
+def test_two_channels_with_gt_and_lt_on_one_table_each_get_only_their_rows(
+    browser: Browser,  # noqa: F811
+    relay_server: RelayServer,
+    db: Any,
+    make_table: Callable[..., str],
+) -> None:
+    require_ids(relay_server, db, make_table)
+    t = make_table("id int primary key, org_id text, n int")
+    o = f"org-{uuid.uuid4().hex[:8]}"
+    p = real_page(browser, relay_server, relay_server.token(org_id=o))
+    p.evaluate(
+        f"""() => {{
+        listen('big', {{ event: 'INSERT', table: '{t}', filter: 'n=gt.10' }});
+        listen('small', {{ event: 'INSERT', table: '{t}', filter: 'n=lt.10' }});
+        listen('all', {{ event: 'INSERT', table: '{t}' }});
+      }}"""
+    )
+    all_subscribed(p)
+    db.execute(
+        f"insert into {t} values (1, %(o)s, 5), (2, %(o)s, 20), (3, %(o)s, 10), "
+        "(4, %(o)s, null), (5, %(o)s, 11), (6, %(o)s, 9)",
+        {"o": o},
+    )
+    p.wait_for_function("window.got.all.length >= 6", timeout=10_000)
+    ids = p.evaluate(
+        "Object.fromEntries(Object.entries(window.got).map(([k, v]) => [k, v.map(r => r.id)]))"
+    )
+    assert ids == {"big": [2, 5], "small": [1, 6], "all": [1, 2, 3, 4, 5, 6]}
+    p.context.close()
+
+
+def test_different_selects_on_one_table_and_one_per_table(
+    browser: Browser,  # noqa: F811
+    relay_server: RelayServer,
+    db: Any,
+    make_table: Callable[..., str],
+) -> None:
+    require_ids(relay_server, db, make_table)
+    t = make_table("id int primary key, org_id text, name text, status text")
+    o = f"org-{uuid.uuid4().hex[:8]}"
+    p = real_page(browser, relay_server, relay_server.token(org_id=o))
+    p.evaluate(
+        f"""() => {{
+        listen('ids', {{ event: 'INSERT', table: '{t}', select: 'id' }});
+        listen('names', {{ event: 'INSERT', table: '{t}', select: 'name', filter: 'status=eq.new' }});
+      }}"""
+    )
+    all_subscribed(p)
+    db.execute(f"insert into {t} values (1, %(o)s, 'a', 'old'), (2, %(o)s, 'b', 'new')", {"o": o})
+    p.wait_for_function(
+        "window.got.ids.length >= 2 && window.got.names.length >= 1", timeout=10_000
+    )
+    got_rows = p.evaluate("window.got")
+    # one change for both subscriptions is sent once, with the union of their columns
+    assert got_rows["ids"] == [{"id": 1}, {"id": 2, "name": "b"}]
+    assert got_rows["names"] == [{"id": 2, "name": "b"}]
+    p.context.close()
+
+
+def test_channels_on_two_tables_each_keep_their_own_select(
+    browser: Browser,  # noqa: F811
+    relay_server: RelayServer,
+    db: Any,
+    make_table: Callable[..., str],
+) -> None:
+    jobs = make_table("id int primary key, org_id text, status text, secret text", prefix="jobs")
+    tasks = make_table("id int primary key, org_id text, status text, secret text", prefix="tasks")
+    o = f"org-{uuid.uuid4().hex[:8]}"
+    p = real_page(browser, relay_server, relay_server.token(org_id=o))
+    p.evaluate(
+        f"""() => {{
+        listen('jobs', {{ event: '*', table: '{jobs}', select: 'id' }});
+        listen('tasks', {{ event: '*', table: '{tasks}', select: 'id' }});
+        listen('jobStatus', {{ event: 'UPDATE', table: '{jobs}', select: 'status' }});
+      }}"""
+    )
+    all_subscribed(p)
+    db.execute(f"insert into {jobs} values (1, %s, 'new', 's')", (o,))
+    db.execute(f"insert into {tasks} values (7, %s, 'new', 's')", (o,))
+    p.wait_for_function(
+        "window.got.jobs.length >= 1 && window.got.tasks.length >= 1", timeout=10_000
+    )
+    got_rows = p.evaluate("window.got")
+    assert got_rows["jobs"] == [{"id": 1}]
+    assert got_rows["tasks"] == [{"id": 7}]  # its own select: not lost to the jobs channel's
+    assert got_rows["jobStatus"] == []
+    p.context.close()

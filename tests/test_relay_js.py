@@ -22,13 +22,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import httpx
 import pytest
 
 pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-from playwright.sync_api import Browser, Page  # noqa: E402
+from playwright.sync_api import Browser, Page, expect  # noqa: E402
 
-from tests.conftest import RelayServer  # noqa: E402
-from tests.test_browser import browser, require_ids  # noqa: E402,F401  (browser: the fixture)
+from tests.conftest import RelayServer, start_relay  # noqa: E402
+from tests.test_browser import (  # noqa: E402
+    add_items,
+    browser,  # noqa: F401  (the Chromium fixture)
+    new_stream,
+    org,
+    require_ids,
+)
 
 RELAY_JS = Path(__file__).parent.parent / "relay" / "static" / "relay.js"
 PAGE = """<!doctype html><meta charset="utf-8"><title>relay.js unit page</title><body>
@@ -513,3 +520,71 @@ def test_channels_on_two_tables_each_keep_their_own_select(
     assert got_rows["tasks"] == [{"id": 7}]  # its own select: not lost to the jobs channel's
     assert got_rows["jobStatus"] == []
     p.context.close()
+
+
+# ---- the dashboard: one stream per page load ------------------------------------------------
+
+
+def metric(srv: RelayServer, name: str) -> int:
+    text = httpx.get(f"{srv.url}/metrics").text
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            return int(float(line.split()[1]))
+    raise AssertionError(f"no {name} in /metrics")
+
+
+def test_the_dashboard_opens_one_stream_per_page_load_and_never_replays_twice(
+    browser: Browser,  # noqa: F811
+    dsn: str,
+    db: Any,
+) -> None:
+    srv = start_relay(dsn)
+    o = org()
+    try:
+        # history the page shows on arrival: streams with progress broadcasts on their topics
+        names = [f"History {i} {uuid.uuid4().hex[:6]}" for i in range(3)]
+        for i, name in enumerate(names):
+            add_items(db, new_stream(db, o, name), o, 3 + i)
+        opened, replayed = (
+            metric(srv, "relay_streams_opened_total"),
+            metric(srv, "relay_replayed_events_total"),
+        )
+        seen_changes: list[int] = []
+        p = browser.new_context(viewport={"width": 1360, "height": 900}).new_page()
+        p.on(
+            "response",
+            lambda r: (
+                "/v1/changes" in r.url and seen_changes.append(len(r.json().get("events", [])))
+            ),
+        )
+        p.goto(f"{srv.url}/?access_token={srv.token(sub='u1', org_id=o)}")
+        expect(p.locator("#conn")).to_have_attribute("data-status", "Live", timeout=10_000)
+        for name in names:
+            expect(p.locator(".stream-item", has_text=name)).to_be_visible(timeout=5000)
+        # the newest stream's progress came from its topic's history (caught up over JSON)
+        expect(p.locator("#card-count")).to_have_text("5 / 50", timeout=5000)
+        assert metric(srv, "relay_streams_opened_total") - opened == 1
+        assert metric(srv, "relay_replayed_events_total") - replayed == 0  # it opened at the head
+        assert sum(seen_changes) >= 3 + 3 + 4 + 5  # rows and broadcasts, each fetched once
+
+        # a new stream adds a topic channel: one reopen, from where the page was
+        live_name = f"Live {uuid.uuid4().hex[:6]}"
+        sid = new_stream(db, o, live_name)
+        expect(p.locator(".stream-item", has_text=live_name)).to_be_visible(timeout=3000)
+        add_items(db, sid, o, 2)
+        expect(p.locator("#card-count")).to_have_text("2 / 50", timeout=5000)
+        assert metric(srv, "relay_streams_opened_total") - opened == 2
+        # the reopen resumed at the last delivered position: at most the changes written
+        # while it reconnected, never the page's history again
+        assert metric(srv, "relay_replayed_events_total") - replayed <= 3
+
+        # a reload: again one stream, resumed from the tab's snapshot
+        before = metric(srv, "relay_streams_opened_total")
+        p.reload()
+        expect(p.locator("#conn")).to_have_attribute("data-status", "Live", timeout=10_000)
+        expect(p.locator(".stream-item", has_text=live_name)).to_be_visible(timeout=5000)
+        expect(p.locator("#card-count")).to_have_text("2 / 50", timeout=5000)
+        assert metric(srv, "relay_streams_opened_total") - before == 1
+        p.context.close()
+    finally:
+        srv.stop()

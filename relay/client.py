@@ -1,8 +1,15 @@
 """`relay.client`: consume relay's changes from Python services (asyncio, httpx).
 
     async with RelayClient("http://relay:8080", token=service_token) as rc:
-        async for change in rc.subscribe("jobs:INSERT", topic="stream-progress:42"):
-            handle(change)
+        async for change in rc.subscribe(
+            "jobs:INSERT:status=eq.failed", ("jobs:UPDATE", "id,status"), topic="stream-progress:42"
+        ):
+            if "jobs:INSERT:status=eq.failed" in change.subscriptions:
+                alert(change)
+
+Routing: the relay numbers a request's `sub=` parameters from 0 and names in each
+change's `ids` the subscriptions it satisfies; `Change.subscriptions` gives them back
+as the `sub` strings passed to `subscribe`, so a consumer never evaluates a filter.
 
 Invariants:
 - Every change is yielded once, in position order: the client resumes with
@@ -25,6 +32,7 @@ import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, Protocol
+from urllib.parse import urlencode
 
 import httpx
 import orjson
@@ -62,11 +70,25 @@ class Broadcast(BaseModel):
 
 
 class Change(BaseModel):
-    """One event from the relay: a row change, a broadcast, or a `system` notice."""
+    """One event from the relay: a row change, a broadcast, or a `system` notice.
+
+    `subscriptions` are the `sub` strings given to `RelayClient.subscribe` that a row
+    change satisfies (from the relay's `ids`, in request order; empty for broadcasts,
+    system notices, and relays that do not send `ids`).
+    """
 
     id: int | None
     event: str
     data: dict[str, Any]
+    subscriptions: tuple[str, ...] = ()
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        """The numbers of the stream's subscriptions this row change satisfies."""
+        raw = self.data.get("ids") if self.event == "postgres_changes" else None
+        if not isinstance(raw, list):
+            return ()
+        return tuple(i for i in raw if type(i) is int)
 
     @property
     def row(self) -> PostgresChange | None:
@@ -209,26 +231,36 @@ class RelayClient:
         tok = self._token
         return tok if isinstance(tok, str) else await tok()
 
+    @staticmethod
     def _params(
-        self, subs: tuple[str, ...], topics: list[str], select: dict[str, str]
-    ) -> list[tuple[str, str]]:
+        subs: tuple[str | tuple[str, str], ...], topics: list[str], select: dict[str, str]
+    ) -> tuple[list[tuple[str, str]], tuple[str, ...]]:
+        """The query (each `sub` followed by its own `select`) and the subs in id order."""
         params: list[tuple[str, str]] = []
-        for s in subs:
-            params.append(("sub", s))
-            if s in select:
-                params.append(("select", select[s]))
+        texts: list[str] = []
+        for sub in subs:
+            text, columns = sub if isinstance(sub, tuple) else (sub, select.get(sub))
+            params.append(("sub", text))
+            texts.append(text)
+            if columns:
+                params.append(("select", columns))
         params += [("topic", t) for t in topics]
-        return params
+        return params, tuple(texts)
 
     async def subscribe(
         self,
-        *subs: str,
+        *subs: str | tuple[str, str],
         topic: str | list[str] | None = None,
         select: dict[str, str] | None = None,
     ) -> AsyncIterator[Change]:
-        """Changes for these `sub=` / `topic=` subscriptions, forever, exactly once each."""
+        """Changes for these `sub=` / `topic=` subscriptions, forever, exactly once each.
+
+        A sub is a string, or a `(sub, select)` pair giving that subscription its own
+        columns; `select` (sub string -> columns) is the older way to say the same.
+        Each row change says which of `subs` it satisfies: `Change.subscriptions`.
+        """
         topics = [topic] if isinstance(topic, str) else list(topic or [])
-        params = self._params(subs, topics, select or {})
+        params, texts = self._params(subs, topics, select or {})
         pending: int | None = None  # position yielded, saved once the consumer asks again
         failures = 0
         polling_since = 0.0
@@ -247,7 +279,7 @@ class RelayClient:
                     if change.id is not None:
                         self.position = change.id
                         pending = change.id
-                    yield change
+                    yield _routed(change, texts)
             except RelayError:
                 raise
             except (httpx.HTTPError, OSError, _StreamFailed, ValueError) as exc:
@@ -271,13 +303,16 @@ class RelayClient:
             return False
         return status != 401 or isinstance(self._token, str)
 
+    # The query is encoded here, not by httpx, which groups repeated keys together
+    # (sub=a&sub=b&select=x) and so would give a `select` to the wrong `sub`.
+
     async def _sse(self, params: list[tuple[str, str]]) -> AsyncGenerator[Change, None]:
         assert self._http is not None
         headers = {"authorization": f"Bearer {await self._bearer()}", "accept": "text/event-stream"}
         if self.position is not None:
             headers["last-event-id"] = str(self.position)
         async with self._http.stream(
-            "GET", f"{self.url}/v1/stream", params=tuple(params), headers=headers
+            "GET", f"{self.url}/v1/stream?{urlencode(params)}", headers=headers
         ) as resp:
             if self._fatal(resp.status_code):
                 raise RelayError(resp.status_code, orjson.loads(await resp.aread() or b"null"))
@@ -314,7 +349,7 @@ class RelayClient:
             if self.position is not None:
                 query.append(("after", str(self.position)))
             resp = await self._http.get(
-                f"{self.url}/v1/changes", params=tuple(query), headers=headers
+                f"{self.url}/v1/changes?{urlencode(query)}", headers=headers
             )
             if self._fatal(resp.status_code):
                 raise RelayError(resp.status_code, resp.json())
@@ -334,3 +369,9 @@ class RelayClient:
             self.position = int(body["position"])
             if self.mode == "auto" and not body["events"]:
                 return  # an idle moment: let subscribe() decide whether to try SSE again
+
+
+def _routed(change: Change, subs: tuple[str, ...]) -> Change:
+    """`change` with the `sub` strings its `ids` name (an unknown number names nothing)."""
+    named = tuple(subs[i] for i in dict.fromkeys(change.ids) if 0 <= i < len(subs))
+    return change.model_copy(update={"subscriptions": named}) if named else change

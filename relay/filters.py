@@ -23,16 +23,29 @@ import operator
 import re
 import struct
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 from relay.columns import Column
 from relay.regex import RegexError, compile_regex
 
-__all__ = ["OPERATORS", "Condition", "Filter", "FilterError", "parse_filter"]
+__all__ = [
+    "MAX_CONDITIONS",
+    "MAX_DEPTH",
+    "OPERATORS",
+    "And",
+    "Condition",
+    "Filter",
+    "FilterError",
+    "Node",
+    "Not",
+    "Or",
+    "leaves",
+    "parse_filter",
+]
 
 OPERATORS: Final[tuple[str, ...]] = (
     "eq",
@@ -83,24 +96,65 @@ class Condition:
     value: object
 
 
+@dataclass(frozen=True, slots=True)
+class And:
+    """``and=(…)`` (or the top level of a filter): TRUE when every item is TRUE."""
+
+    items: tuple[Node, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Or:
+    """``or=(…)``: TRUE when some item is TRUE, FALSE when every item is FALSE."""
+
+    items: tuple[Node, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    """``not.or=(…)`` / ``not.and=(…)``: TRUE when `item` is FALSE (NOT NULL is NULL)."""
+
+    item: And | Or
+
+
+Node: TypeAlias = Condition | And | Or | Not
+"""A node of a parsed filter; leaves are `Condition`s. Logic is SQL's three-valued one."""
+
+
+def leaves(node: Node) -> Iterator[Condition]:
+    """The conditions under `node`, in the order they were written."""
+    if isinstance(node, Condition):
+        yield node
+    elif isinstance(node, Not):
+        yield from leaves(node.item)
+    else:
+        for item in node.items:
+            yield from leaves(item)
+
+
 class Filter:
-    """A parsed filter: the AND of its conditions. Build it with `parse_filter`."""
+    """A parsed filter: `tree` is the AND of its top-level parts. Build it with `parse_filter`.
 
-    __slots__ = ("conditions", "columns", "_predicates")
+    `conditions` lists every condition of the tree (nested ones included), `columns`
+    the columns they read. A row is delivered when the tree is TRUE for it; FALSE and
+    NULL (unknown) are not delivered, as in a ``WHERE`` clause.
+    """
 
+    __slots__ = ("tree", "conditions", "columns", "_predicates")
+
+    tree: And
     conditions: tuple[Condition, ...]
     columns: frozenset[str]
     _predicates: tuple[Predicate, ...]
 
-    def __init__(
-        self, conditions: tuple[Condition, ...], predicates: tuple[Predicate, ...]
-    ) -> None:
-        self.conditions = conditions
-        self.columns = frozenset(c.column for c in conditions)
+    def __init__(self, tree: And, predicates: tuple[Predicate, ...]) -> None:
+        self.tree = tree
+        self.conditions = tuple(leaves(tree))
+        self.columns = frozenset(c.column for c in self.conditions)
         self._predicates = predicates
 
     def matches(self, row: Mapping[str, Any]) -> bool:
-        """Whether `row` satisfies every condition; never raises."""
+        """Whether the filter is TRUE for `row` (not FALSE, not NULL); never raises."""
         try:
             for predicate in self._predicates:
                 if not predicate(row):
@@ -110,7 +164,7 @@ class Filter:
         return True
 
     def __repr__(self) -> str:
-        return f"Filter({self.conditions!r})"
+        return f"Filter({self.tree!r})"
 
 
 # --------------------------------------------------------------------------------------
@@ -971,17 +1025,20 @@ def _compile(pattern: str, flags: int, where: str, what: str) -> re.Pattern[str]
 
 
 def _parse_condition(
-    text: str,
+    name: str,
+    rest: str,
     columns: Mapping[str, Column],
     max_in_values: int,
     unavailable: Collection[str] = (),
+    *,
+    flip: bool = False,
+    sep: str = "=",
 ) -> tuple[Condition, Predicate]:
-    equals = text.find("=")
-    if equals < 0:
-        raise FilterError(f"condition {_show(text)} has no '=': expected column=operator.value")
-    name = text[:equals].strip()
-    if not name:
-        raise FilterError(f"condition {_show(text)} has no column name before '='")
+    """One condition on column `name`, `rest` being ``[not.]op.value``.
+
+    The predicate holds when the condition is TRUE, or with `flip` when it is FALSE
+    (the same condition with its ``not.`` toggled: a NULL makes both false).
+    """
     column = columns.get(name)
     if column is None:
         if name in unavailable:
@@ -989,15 +1046,16 @@ def _parse_condition(
         raise FilterError(f"unknown column {_show(name)}")
     where = f"column {_show(name)}"
 
-    rest = text[equals + 1 :].lstrip()
-    negated = rest.startswith("not.")
-    if negated:
+    rest = rest.lstrip()
+    written_negated = rest.startswith("not.")
+    if written_negated:
         rest = rest[4:]
+    negated = written_negated is not flip
     dot = rest.find(".")
     op = rest if dot < 0 else rest[:dot]
     if op not in _OPERATOR_SET:
         if not op.strip() or (op == "not" and dot < 0):
-            raise FilterError(f"{where}: missing operator: expected e.g. {name}=eq.value")
+            raise FilterError(f"{where}: missing operator: expected e.g. {name}{sep}eq.value")
         if op == "not":
             raise FilterError(f"{where}: 'not.' may appear only once, before the operator")
         raise FilterError(
@@ -1069,7 +1127,176 @@ def _parse_condition(
                 key, exact, row_key = order_value_key(value), None, order_row_key
             effective = _COMPLEMENT[op] if negated else op
             predicate = _compare_predicate(name, exact, row_key, _CMP[effective], key)
-    return Condition(name, op, negated, value), predicate
+    return Condition(name, op, written_negated, value), predicate
+
+
+# --------------------------------------------------------------------------------------
+# Logical trees: or=(…), and=(…), not.or=(…), nested or(…)/and(…)
+# --------------------------------------------------------------------------------------
+
+_LOGICAL_NAMES: Final[dict[str, tuple[str, bool]]] = {
+    "or": ("or", False),
+    "and": ("and", False),
+    "not.or": ("or", True),
+    "not.and": ("and", True),
+}
+_NESTED_RE: Final = re.compile(r"(not\.)?(or|and)\(")
+_NESTED_NOT_NOT_RE: Final = re.compile(r"not\.(?:not\.)+(?:or|and)\(")
+
+
+def _any(predicates: tuple[Predicate, ...]) -> Predicate:
+    def predicate(row: Mapping[str, Any]) -> bool:
+        for item in predicates:
+            if item(row):
+                return True
+        return False
+
+    return predicate
+
+
+def _all(predicates: tuple[Predicate, ...]) -> Predicate:
+    def predicate(row: Mapping[str, Any]) -> bool:
+        for item in predicates:
+            if not item(row):
+                return False
+        return True
+
+    return predicate
+
+
+class _Parser:
+    """Parses one filter, counting its conditions against the limits.
+
+    Every node is compiled for a *polarity*: positive, the predicate holds when the
+    node is TRUE; negative, when it is FALSE (for a condition, the same condition with
+    ``not.`` toggled). ``not.`` on a tree flips the polarity of its items, so a NULL
+    stays unknown through any number of negations, as in SQL: OR is TRUE when an item
+    is TRUE and FALSE when all are FALSE; AND is TRUE when all are TRUE and FALSE when
+    one is FALSE; anything else is NULL and never delivered.
+    """
+
+    def __init__(
+        self,
+        columns: Mapping[str, Column],
+        max_in_values: int,
+        unavailable: Collection[str],
+        max_depth: int,
+        max_conditions: int,
+    ) -> None:
+        self.columns = columns
+        self.max_in_values = max_in_values
+        self.unavailable = unavailable
+        self.max_depth = max_depth
+        self.max_conditions = max_conditions
+        self.count = 0
+
+    def _counted(self) -> None:
+        self.count += 1
+        if self.count > self.max_conditions:
+            raise FilterError(
+                f"too many conditions: a filter may hold at most {self.max_conditions}, "
+                "nested ones included"
+            )
+
+    def part(self, text: str) -> tuple[Node, Predicate]:
+        """A top-level part: ``column=[not.]op.value`` or ``[not.]or|and=(…)``."""
+        equals = text.find("=")
+        if equals < 0:
+            raise FilterError(f"condition {_show(text)} has no '=': expected column=operator.value")
+        name = text[:equals].strip()
+        if not name:
+            raise FilterError(f"condition {_show(text)} has no column name before '='")
+        rest = text[equals + 1 :]
+        logical = _LOGICAL_NAMES.get(name)
+        if logical is not None:
+            if rest.lstrip().startswith("("):
+                kind, negated = logical
+                return self.tree(kind, negated, rest.strip(), 1, True, f"{name}=(…)")
+            if name not in self.columns:
+                raise FilterError(
+                    f"{name}= takes conditions in parentheses, such as "
+                    f"{name}=(status.eq.failed,progress.gte.90)"
+                )
+        self._counted()
+        return _parse_condition(name, rest, self.columns, self.max_in_values, self.unavailable)
+
+    def tree(
+        self, kind: str, negated: bool, text: str, depth: int, positive: bool, label: str
+    ) -> tuple[Node, Predicate]:
+        """``(item,item,…)`` of an or/and; `positive` is the polarity of the whole node."""
+        if depth > self.max_depth:
+            raise FilterError(f"the filter nests or/and more than {self.max_depth} levels deep")
+        if not text.endswith(")"):
+            raise FilterError(f"{label}: unexpected text after the closing ')'")
+        inner = text[1:-1]
+        parts = _split_conditions(inner)
+        if len(parts) == 1 and not parts[0].strip():
+            raise FilterError(f"{label} is empty: give at least one condition inside")
+        inner_positive = positive is not negated
+        nodes: list[Node] = []
+        predicates: list[Predicate] = []
+        for number, item in enumerate(parts, start=1):
+            item = item.strip()
+            if not item:
+                raise FilterError(
+                    f"{label}: condition {number} is empty (a doubled, leading or trailing ',')"
+                )
+            node, predicate = self.item(item, depth, inner_positive)
+            nodes.append(node)
+            predicates.append(predicate)
+        items = tuple(predicates)
+        tree: And | Or = Or(tuple(nodes)) if kind == "or" else And(tuple(nodes))
+        # OR holds when one item holds, and fails when all fail; AND the other way round
+        combined = _any(items) if (kind == "or") is inner_positive else _all(items)
+        if len(items) == 1:
+            combined = items[0]
+        return (Not(tree) if negated else tree), combined
+
+    def item(self, text: str, depth: int, positive: bool) -> tuple[Node, Predicate]:
+        """An item inside a tree: ``column.[not.]op.value`` or ``[not.]or|and(…)``."""
+        nested = _NESTED_RE.match(text)
+        if nested is not None:
+            negated, kind = nested.group(1) is not None, nested.group(2)
+            label = f"{nested.group(0)}…)"
+            return self.tree(kind, negated, text[nested.end() - 1 :], depth + 1, positive, label)
+        if _NESTED_NOT_NOT_RE.match(text):
+            raise FilterError("'not.' may appear only once before or(…)/and(…)")
+        if text.startswith('"'):
+            name, end = _read_quoted(text, 0)
+            if text[end : end + 1] != ".":
+                raise FilterError(
+                    f"condition {_show(text)}: expected '.' after the quoted column name"
+                )
+            rest = text[end + 1 :]
+        else:
+            dot = text.find(".")
+            if dot < 0:
+                raise FilterError(
+                    f"condition {_show(text)} has no '.': inside or/and a condition is "
+                    "column.operator.value"
+                )
+            name, rest = text[:dot].strip(), text[dot + 1 :]
+        if not name:
+            raise FilterError(f"condition {_show(text)} has no column name before '.'")
+        if "=" in name and name not in self.columns:
+            raise FilterError(
+                f"condition {_show(text)}: inside or/and a condition is column.operator.value "
+                "(a '.' after the column, not '=')"
+            )
+        self._counted()
+        return _parse_condition(
+            name,
+            rest,
+            self.columns,
+            self.max_in_values,
+            self.unavailable,
+            flip=not positive,
+            sep=".",
+        )
+
+
+MAX_DEPTH: Final = 8
+MAX_CONDITIONS: Final = 100
 
 
 def parse_filter(
@@ -1078,13 +1305,21 @@ def parse_filter(
     *,
     max_in_values: int = 100,
     max_length: int = 4096,
+    max_depth: int = MAX_DEPTH,
+    max_conditions: int = MAX_CONDITIONS,
     unavailable: Collection[str] = (),
 ) -> Filter:
-    """Parse `text` (``col=[not.]op.value``, joined by ``,``) against the table's `columns`.
+    """Parse `text` against the table's `columns`.
+
+    `text` is parts joined by ``,`` (AND): ``col=[not.]op.value`` conditions and
+    PostgREST logical trees ``or=(…)``, ``and=(…)``, ``not.or=(…)``, ``not.and=(…)``,
+    whose items are ``col.[not.]op.value`` or nested ``[not.]or(…)``/``[not.]and(…)``.
+    At most `max_depth` levels of or/and nest, and the whole filter holds at most
+    `max_conditions` conditions (nested ones included).
 
     Raises `FilterError` (and nothing else) when the filter is malformed, names an
-    unknown column, uses an operator the column's type does not support, or holds a
-    value that does not convert to the column's type.
+    unknown column, uses an operator the column's type does not support, holds a
+    value that does not convert to the column's type, or exceeds a limit.
     """
     try:
         if not isinstance(text, str):
@@ -1097,7 +1332,8 @@ def parse_filter(
             raise FilterError("the filter contains a NUL character")
         if not text.strip():
             raise FilterError("the filter is empty")
-        conditions: list[Condition] = []
+        parser = _Parser(columns, max_in_values, unavailable, max_depth, max_conditions)
+        nodes: list[Node] = []
         predicates: list[Predicate] = []
         for number, part in enumerate(_split_conditions(text), start=1):
             part = part.strip()
@@ -1105,10 +1341,10 @@ def parse_filter(
                 raise FilterError(
                     f"condition {number} is empty (a doubled, leading or trailing ',')"
                 )
-            condition, predicate = _parse_condition(part, columns, max_in_values, unavailable)
-            conditions.append(condition)
+            node, predicate = parser.part(part)
+            nodes.append(node)
             predicates.append(predicate)
-        return Filter(tuple(conditions), tuple(predicates))
+        return Filter(And(tuple(nodes)), tuple(predicates))
     except FilterError:
         raise
     except Exception as exc:  # a bug, or a pathological input; keep the contract

@@ -994,7 +994,9 @@ EVERY_KIND_OF_FILTER = [
 @pytest.mark.parametrize("text", EVERY_KIND_OF_FILTER)
 def test_matches_never_raises_on_garbage(text: str) -> None:
     column = text.split("=", 1)[0]
-    for flt in (parse(text), parse(negate(text))):
+    item = text.replace("=", ".", 1)
+    trees = (parse(f"or=({item})"), parse(f"not.or=({item})"), parse(f"not.and=({item})"))
+    for flt in (parse(text), parse(negate(text)), *trees):
         for garbage in GARBAGE:
             assert isinstance(flt.matches({column: garbage}), bool)
 
@@ -1013,6 +1015,7 @@ class Exploding(Mapping[str, Any]):
 def test_matches_never_raises_on_a_broken_row() -> None:
     for text in EVERY_KIND_OF_FILTER:
         assert parse(text).matches(Exploding()) is False
+        assert parse(f"not.or=({text.replace('=', '.', 1)})").matches(Exploding()) is False
 
 
 # --------------------------------------------------------------------------------------
@@ -1068,6 +1071,14 @@ fragments = st.sampled_from(
         "2026-11-22T10:00:00+02:00",
         UID,
         "\x00",
+        "or=(",
+        "and=(",
+        "not.or=(",
+        "or(",
+        "not.and(",
+        "id.eq.1",
+        "name.not.like.a%",
+        "flag.is.true",
     ]
 )
 near_filters = st.lists(fragments, max_size=25).map("".join)

@@ -79,6 +79,8 @@ let relay = null;
 let user = null;
 let claims = {};
 let topics = new Map(); // stream id -> channel of stream-progress:{id}
+let topicPositions = {}; // stream id -> how far its topic was delivered before it was dropped
+let baseline = 0; // the page holds everything up to this position when it opens
 let bumps = {};
 let generation = 0;
 let changed = false;
@@ -189,7 +191,9 @@ function handleBroadcast(m) {
 }
 
 // One channel per active stream's topic (stream-progress:{id}), opened from where the page
-// first saw the stream, so the broadcasts sent since then are replayed, not lost.
+// first saw the stream (or from what it already holds), so the broadcasts sent since then
+// are delivered, not lost. relay.js catches such a channel up on its own and keeps the one
+// stream going from where it was: a new topic never replays what the page already has.
 function syncTopics() {
   if (!relay) return;
   // active streams, and those that ended in the last minute (their last broadcasts follow
@@ -200,12 +204,17 @@ function syncTopics() {
   );
   if (S.focus && S.streams[S.focus]) want.add(S.focus);
   for (const [id, ch] of topics) {
-    if (!want.has(id)) { relay.removeChannel(ch); topics.delete(id); }
+    if (!want.has(id)) {
+      topicPositions[id] = ch.position;
+      relay.removeChannel(ch);
+      topics.delete(id);
+    }
   }
   for (const id of want) {
     if (topics.has(id)) continue;
+    const since = Math.max(num(S.streams[id]._pos) || 0, num(topicPositions[id]) || 0, baseline);
     const ch = relay
-      .channel(`stream-progress:${id}`, { since: S.streams[id]._pos })
+      .channel(`stream-progress:${id}`, { since })
       .on('broadcast', { event: '*' }, handleBroadcast)
       .subscribe();
     topics.set(id, ch);
@@ -241,14 +250,14 @@ async function tokenFor(u) {
   return u.token;
 }
 
-async function firstPosition(u) {
-  // A first visit replays the last HISTORY positions of the log to show recent state.
+async function headPosition(u) {
+  // The log's head: the one stream opens there, and history up to it is caught up first.
   try {
     const r = await fetch('/v1/changes?sub=streams&limit=1', {
       headers: { authorization: `Bearer ${await tokenFor(u)}` }, cache: 'no-store',
     });
     const j = await r.json();
-    if (r.ok && Number.isFinite(j.position)) return Math.max(0, j.position - HISTORY);
+    if (r.ok && Number.isFinite(j.position)) return j.position;
   } catch { /* the relay is not reachable yet: start from now */ }
   return undefined;
 }
@@ -283,13 +292,19 @@ async function start(u) {
   openedAt = Date.now();
   claims = claimsOf(u.token);
   topics = new Map();
+  topicPositions = {};
   bumps = {};
   const snap = loadSnapshot(u);
   S = snap?.state || empty();
   render();
-  const from = snap?.pos ?? (await firstPosition(u));
+  // One stream per page load: it opens at the head, once the page's channels have been
+  // caught up to there (over /v1/changes): the tab's snapshot position on a reload, the
+  // last HISTORY positions on a first visit, so the page opens with recent state.
+  const head = await headPosition(u);
   if (gen !== generation) return;
-  relay = createRelay(location.origin, { token: () => tokenFor(u), lastEventId: from, storageKey: false });
+  const from = snap?.pos ?? (head == null ? undefined : Math.max(0, head - HISTORY));
+  baseline = num(from) || 0;
+  relay = createRelay(location.origin, { token: () => tokenFor(u), lastEventId: head == null || baseline > head ? from : head, storageKey: false });
   relay.onStatus(showConnection);
   const onResync = (info) => {
     if (info.status !== 'RESYNC_REQUIRED') return;
@@ -303,7 +318,7 @@ async function start(u) {
     toast({ kind: 'info', icon: '↻', title: 'Caught up', body: info.reason === 'truncate' ? `${info.table} was emptied` : 'Some history is no longer kept: showing changes from now on.' });
   };
   const mine = claims.role !== 'service_role' && claims.sub;
-  const main = relay.channel('dashboard').on('system', {}, onResync);
+  const main = relay.channel('dashboard', { since: from }).on('system', {}, onResync);
   for (const table of Object.keys(onRow)) {
     const filter = table === 'bulk_enrichment_jobs' && mine ? `user_id=eq."${String(claims.sub).replace(/[\\"]/g, '\\$&')}"` : undefined;
     main.on('postgres_changes', { event: '*', schema: 'public', table, filter }, handleRow);

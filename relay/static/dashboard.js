@@ -3,7 +3,10 @@
 // they only ever reach the page through textContent, never innerHTML.
 import { createRelay } from '/relay.js';
 
-const HISTORY = 3000; // positions replayed on a first visit, so the page opens with recent state
+// Transactions replayed on a first visit, so the page opens with recent state. Each
+// transaction's changes sit in a block of BLOCK positions (docs/architecture.md, "Positions").
+const HISTORY = 3000;
+const BLOCK = 16384;
 const CAP = { streams: 20, jobs: 20, tasks: 30, enrich: 20, items: 6, feed: 5, subs: 6 };
 const FINISHED = new Set(['completed', 'failed', 'cancelled']);
 const STAGES = ['discovered', 'enriched', 'qualified'];
@@ -299,10 +302,10 @@ async function start(u) {
   render();
   // One stream per page load: it opens at the head, once the page's channels have been
   // caught up to there (over /v1/changes): the tab's snapshot position on a reload, the
-  // last HISTORY positions on a first visit, so the page opens with recent state.
+  // last HISTORY transactions on a first visit, so the page opens with recent state.
   const head = await headPosition(u);
   if (gen !== generation) return;
-  const from = snap?.pos ?? (head == null ? undefined : Math.max(0, head - HISTORY));
+  const from = snap?.pos ?? (head == null ? undefined : Math.max(0, head - HISTORY * BLOCK));
   baseline = num(from) || 0;
   relay = createRelay(location.origin, { token: () => tokenFor(u), lastEventId: head == null || baseline > head ? from : head, storageKey: false });
   relay.onStatus(showConnection);

@@ -622,9 +622,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--topic", action="append", help="a broadcast topic (repeatable)")
     p.add_argument("--database-url", default=None, help=_DB_URL_HELP)
     p.add_argument(
-        "--url", default=None, help="read through a relay at this URL instead (needs --token)"
+        "--url",
+        default=None,
+        help="read through the relay at this URL (needs --token; default: read the database)",
     )
-    p.add_argument("--token", default=None, help="with --url: the JWT to present")
+    p.add_argument("--token", default=None, help="with --url: the JWT to present (default: none)")
     p.add_argument(
         "--after",
         type=int,

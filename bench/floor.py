@@ -2,7 +2,7 @@
 
 A bare ASGI app (no framework, no database) under uvicorn sends a ready
 230-byte `postgres_changes` frame `n` times per stream, one `send` per
-frame, as in architecture.md's "Measured floor". CPU per send of this
+frame, as in docs/architecture.md, "Measured floor". CPU per send of this
 process is the cost any SSE server pays per delivery; everything a server
 spends above it per delivery is its own overhead. It is run with uvloop
 (what `uvicorn.run` picks by default) and with the stdlib asyncio loop.

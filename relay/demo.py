@@ -6,6 +6,11 @@ shows reaches it through the relay. Progress bars move because a trigger on
 `stream_items` (sql/demo/001_demo.sql) broadcasts `progress-update` after each
 statement; the worker sends agent activities and milestones itself. It writes
 for two organisations at once, so a viewer of one never sees the other's rows.
+
+A person in psql comes first: the worker only advances a job whose status is
+still `running` and a stream whose status is still `active` (it checks, under
+a row lock, in the transaction that would write). A job or stream whose status
+someone changed by hand is left as they left it, and the worker moves on.
 """
 
 from __future__ import annotations
@@ -138,6 +143,7 @@ class OrgWorker:
         self.enrich_idle = 0
         self.tasks: list[tuple[Any, str, str]] = []  # (id, status, company)
         self.job_done = False
+        self.released: list[Any] = []  # ids of jobs and streams someone else took over
 
     async def check_trigger(self) -> None:
         """Databases migrated before the progress trigger existed: send progress ourselves."""
@@ -163,6 +169,25 @@ class OrgWorker:
                 "where org_id = %s and status in ('pending', 'in_progress')",
             ):
                 await self.conn.execute(query, (self.org,))
+
+    async def still(self, row_id: Any, table: str, status: str, *, lock: bool = False) -> bool:
+        """Is this row still ours, i.e. in the status we left it? (False once a person
+        changed its status or deleted it: from then on the worker leaves it alone.)"""
+        cur = await self.conn.execute(
+            sql.SQL("select status from {} where id = %s" + (" for update" if lock else "")).format(
+                sql.Identifier(table)
+            ),
+            (row_id,),
+        )
+        row = await cur.fetchone()
+        if row is not None and row[0] == status:
+            return True
+        if row_id not in self.released:
+            self.released.append(row_id)
+            log.info(
+                "demo worker (%s): %s %s was changed by hand; leaving it", self.org, table, row_id
+            )
+        return False
 
     async def sleep(self, lo: float, hi: float) -> None:
         await asyncio.sleep(self.pace * random.uniform(lo, hi))
@@ -240,6 +265,8 @@ class OrgWorker:
             await self.sleep(0.8, 2.2)
             n = min(random.randint(1, 5), TARGET - completed)
             names = [_company() for _ in range(n)]
+            if not await self.still(stream_id, "streams", "active"):
+                break
             async with self.conn.transaction():
                 # one statement for the burst: the trigger sends one progress-update
                 await self.conn.execute(
@@ -303,18 +330,20 @@ class OrgWorker:
                 else:
                     verb = "enriched" if agent[0] == "enricher" else "scored"
                     await self.activity(stream_id, agent, "progress", f"{verb} {names[0]}")
-        await self.milestone(
-            stream_id,
-            "target_reached",
-            "Target reached",
-            f"{TARGET} companies found for “{segment}”",
-        )
+        if completed >= TARGET:
+            await self.milestone(
+                stream_id,
+                "target_reached",
+                "Target reached",
+                f"{TARGET} companies found for “{segment}”",
+            )
         await self.directory_step(job_id, directories, completed, submission, final=True)
         async with self.conn.transaction():
             for agent in AGENTS[:3]:
                 await self.activity(stream_id, agent, "completed", "finished")
             await self.conn.execute(
-                "update streams set status = 'completed' where id = %s", (stream_id,)
+                "update streams set status = 'completed' where id = %s and status = 'active'",
+                (stream_id,),
             )
         for _ in range(4):  # let the last tasks finish their drafts
             await self.sleep(0.6, 1.2)
@@ -334,6 +363,15 @@ class OrgWorker:
         if self.job_done:
             return None
         async with self.conn.transaction():
+            if not await self.still(job_id, "jobs", "running", lock=True):
+                self.job_done = True
+                if submission is not None:
+                    await self.conn.execute(
+                        "update directory_submissions set status = 'failed', "
+                        "error_log = 'job stopped by hand' where id = %s and status = 'processing'",
+                        (submission,),
+                    )
+                return None
             ok = failed = 0
             if submission is not None:
                 failed = int(random.random() < 0.18)
@@ -454,8 +492,9 @@ class OrgWorker:
             await self.activity(stream_id, AGENTS[3], "started", f"drafting an email to {company}")
 
     async def tidy(self) -> None:
-        """Keep the demo tables small: only the newest rows of this org."""
-        live = [t[0] for t in self.tasks]
+        """Keep the demo tables small: only the newest rows of this org (and what a person
+        took over by hand, until the worker restarts)."""
+        live = [t[0] for t in self.tasks] + self.released
         if self.enrich_id is not None:
             live.append(self.enrich_id)
         for table, keep in KEEP.items():

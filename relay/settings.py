@@ -1,15 +1,21 @@
 """Configuration from `RELAY_*` environment variables.
 
 Invariant: every knob the relay reads comes from here, with a safe default;
-nothing else in the package reads the environment.
+nothing else in the package reads the environment. A value that cannot be
+what it names (an origin that is not an origin, a URL that is not a URL) is
+refused here, at startup, with a message naming the variable; list settings
+take both forms users write: `a,b` and the JSON list `["a","b"]`.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+import psycopg
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -36,7 +42,7 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = Field(default=None, description="required `iss`, if set")
     jwt_org_claim: str = Field(
         default="org_id,org_ids",
-        description="claim path(s) holding the org id(s), comma-separated, dotted",
+        description="claim path(s) holding the org id(s), dotted; comma-separated or a JSON list",
     )
     max_streams_per_user: int = Field(
         default=100, ge=1, description="open streams per token `sub` (429 beyond)"
@@ -72,7 +78,8 @@ class Settings(BaseSettings):
         default=1.0, ge=0, description="TOKEN_EXPIRED is sent this many seconds before exp"
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="origins allowed cross-origin (comma-separated)"
+        default_factory=list,
+        description="origins allowed cross-origin, comma-separated or a JSON list",
     )
     log_format: str = Field(
         default="auto",
@@ -128,6 +135,98 @@ class Settings(BaseSettings):
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
+        return _list(value)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not _is_origin(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: write scheme://host[:port] with no path, "
+                    "e.g. https://app.example.com"
+                )
+        return [o.rstrip("/") for o in value]
+
+    @field_validator("jwt_org_claim", mode="before")
+    @classmethod
+    def _claims(cls, value: Any) -> Any:
+        items = _list(value)
+        return ",".join(items) if isinstance(items, list) else items
+
+    @field_validator("database_url")
+    @classmethod
+    def _dsn(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("is empty: unset it for the embedded database, or give a DSN")
+        try:
+            psycopg.conninfo.conninfo_to_dict(value)
+        except psycopg.ProgrammingError:
+            raise ValueError(
+                "is not a PostgreSQL URL or key=value DSN (e.g. postgresql://user@host:5432/dbname)"
+            ) from None
+        if "://" in value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("is not a PostgreSQL URL: it must start with postgresql://")
         return value
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http(s) URL, e.g. https://id.example/jwks.json")
+        return value
+
+
+def _list(value: Any) -> Any:
+    """`a, b` or `["a", "b"]` as a list of stripped, non-empty strings."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            items = json.loads(text)
+        except ValueError:
+            raise ValueError(f"{text!r} starts like a JSON list but is not one") from None
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ValueError("a JSON list here must hold strings only")
+        return [i.strip() for i in items if i.strip()]
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _is_origin(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and parts.path in ("", "/")
+        and not (parts.query or parts.fragment or parts.username or parts.password)
+    )
+
+
+SECRET_FIELDS = frozenset({"database_url", "jwt_secret"})
+
+
+def describe(error: ValidationError) -> str:
+    """One line naming each variable that is wrong and why (never echoing a secret)."""
+    parts = []
+    for e in error.errors():
+        loc = e.get("loc") or ()
+        field = str(loc[0]) if loc else ""
+        name = f"RELAY_{field.upper()}" if field else "configuration"
+        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        value = e.get("input")
+        shown = ""
+        if field and field not in SECRET_FIELDS and isinstance(value, str | int | float):
+            if repr(value) not in msg:
+                shown = f" (got {value!r})"
+        parts.append(f"{name} {msg}{shown}" if msg.startswith("is ") else f"{name}: {msg}{shown}")
+    return "; ".join(parts)

@@ -88,6 +88,9 @@ let bumps = {};
 let generation = 0;
 let changed = false;
 let openedAt = Date.now(); // milestones from before the page opened are history: no toast
+const toasted = new Set(); // milestones already shown on this page (stream id | type)
+const MAX_TOASTS = 2; // visible at once; older ones leave first
+const TOAST_MS = 5000;
 
 function trim(map, cap) {
   const rows = Object.values(map).sort(newest);
@@ -173,6 +176,9 @@ const onBroadcast = {
   },
   milestone(m) {
     if (when(m.timestamp) < openedAt - 3000 || !fresh(m.timestamp, 120000)) return;
+    const seen = `${m.stream_id}|${m.type}`; // once per page, whichever viewer replays it
+    if (toasted.has(seen)) return;
+    toasted.add(seen);
     const target = /target/i.test(String(m.type));
     const stream = S.streams[m.stream_id];
     toast({
@@ -238,6 +244,9 @@ async function loadUsers() {
     const r = await fetch('/demo/tokens', { cache: 'no-store' });
     if (r.ok) for (const u of await r.json()) if (u && u.token && u.label) list.push({ label: String(u.label), token: String(u.token) });
   } catch { /* not in demo mode */ }
+  // The demo's printed link is one of its users: list it once, under that user's name.
+  const who = (t) => { const c = claimsOf(t); return JSON.stringify([c.sub, c.role, [].concat(c.org_ids || c.org_id || [])]); };
+  if (list[0]?.link && list.slice(1).some((u) => who(u.token) === who(list[0].token))) list.shift();
   return list;
 }
 
@@ -708,9 +717,13 @@ function toast({ kind, icon, title, body }) {
   const text = el('div');
   text.append(el('div', 't-title', title), el('div', 't-body', body));
   t.append(el('div', 'icon', icon), text);
+  const leave = () => { t.classList.add('leaving'); setTimeout(() => t.remove(), 300); };
+  t.addEventListener('click', leave);
+  t.title = 'Dismiss';
   box.append(t);
-  while (box.children.length > 4) box.firstChild.remove();
-  setTimeout(() => { t.classList.add('leaving'); setTimeout(() => t.remove(), 300); }, 5000);
+  const shown = [...box.children].filter((c) => !c.classList.contains('leaving'));
+  for (const old of shown.slice(0, Math.max(0, shown.length - MAX_TOASTS))) old.remove();
+  setTimeout(leave, TOAST_MS);
 }
 
 window.addEventListener('hashchange', render);

@@ -120,18 +120,26 @@ class _Query:
 
 
 _TYPES = """
-select a.attname::text,
-       format_type(case when t.typtype = 'd' then t.typbasetype else t.oid end, null)
-  from pg_attribute a join pg_type t on t.oid = a.atttypid
+select a.attname::text, format('%I.%I', n.nspname, b.typname)
+  from pg_attribute a
+  join pg_type t on t.oid = a.atttypid
+  join pg_type b on b.oid = case when t.typtype = 'd' then t.typbasetype else t.oid end
+  join pg_namespace n on n.oid = b.typnamespace
  where a.attrelid = $1::text::regclass and a.attnum > 0 and not a.attisdropped
 """
+
+
+async def column_types(conn: Conn, table: Table) -> dict[str, str]:
+    """Each column's base type, schema-qualified and quoted (no type modifier), read now."""
+    name = f"{ident(table.schema)}.{ident(table.name)}"
+    return {r[0]: r[1] for r in await conn.fetch(_TYPES, name)}
 
 
 async def _query(
     conn: Conn, table: Table, subs: list[tuple[int, RowSubscription]], principal: Principal
 ) -> _Query:
     name = f"{ident(table.schema)}.{ident(table.name)}"
-    types = {r[0]: r[1] for r in await conn.fetch(_TYPES, name)}
+    types = await column_types(conn, table)
     always = tuple(index for index, sub in subs if sub.filter is None)
     filtered = [(index, sub.filter) for index, sub in subs if sub.filter is not None]
 

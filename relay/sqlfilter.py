@@ -7,7 +7,7 @@ Invariants:
 - Nothing a client sent is ever part of the SQL text: every filter value and
   every token claim travels as a text (or text[]) parameter and is converted
   by Postgres to the column's type (`$n::text::<type>`); identifiers (columns,
-  and the type names Postgres itself printed with `format_type`) are quoted.
+  and the schema-qualified type names read from pg_type) are quoted.
 - Each compiled condition is a boolean SQL expression that is true exactly
   when `relay.filters` says the condition matches, and NULL or false
   otherwise, with Postgres' three-valued logic (so NOT/AND/OR trees compose
@@ -91,8 +91,9 @@ def compile_filter(
     """The SQL condition of `flt` on table alias `row` (the AND of its conditions).
 
     `columns` is the table's catalog (as the filter was parsed against it);
-    `types` maps a column to its base type as Postgres prints it
-    (`format_type(oid, NULL)`), used to convert the text parameters.
+    `types` maps a column to its base type's quoted, schema-qualified name
+    without modifier (`"pg_catalog"."int4"`: relay.snapshot.column_types), the
+    type the text parameters are converted to.
     """
     # Logical trees (And/Or/Not nodes over conditions) compile node by node in
     # `_node`; today a filter is the AND of its conditions.
@@ -115,6 +116,9 @@ def _condition(c: Condition, column: Column, sql_type: str, row: str, p: Params)
     expr: str
     if c.op == "is":
         if c.value is None:
+            if column.type_name in ("json", "jsonb"):  # to_jsonb shows a JSON null as null too
+                null = f"({col} IS NULL OR jsonb_typeof({col}::jsonb) = 'null')"
+                return f"(NOT {null})" if c.negated else null
             return f"({col} IS {'NOT ' if c.negated else ''}NULL)"
         word = "TRUE" if c.value is True else "FALSE"
         return f"({col} IS {'NOT ' if c.negated else ''}{word})"

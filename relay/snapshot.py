@@ -94,7 +94,7 @@ async def snapshot_head(conn: Conn) -> tuple[int, bool]:
     """
     has_head = await conn.fetchval("select to_regprocedure('relay.snapshot_head()') is not null")
     if has_head:
-        row = await conn.fetchrow("select position, exact from relay.snapshot_head()")
+        row = await conn.fetchrow("select * from relay.snapshot_head()")
     else:
         row = await conn.fetchrow("select relay.current_position(), true")
     assert row is not None
@@ -143,16 +143,20 @@ async def _query(
     always = tuple(index for index, sub in subs if sub.filter is None)
     filtered = [(index, sub.filter) for index, sub in subs if sub.filter is not None]
 
-    def where(params: Params) -> tuple[str, list[str]]:
-        """(WHERE clause, each filtered subscription's condition), in `params`."""
+    def where(params: Params, flags: bool) -> tuple[str, list[str]]:
+        """(WHERE clause, each filtered subscription's condition if `flags`), in `params`.
+
+        Every parameter added must appear in the statement (Postgres infers its type).
+        """
         owner = compile_ownership(table, principal, "t", params)
+        if always and not flags:
+            return f"{owner} AND TRUE", []
         conditions = [compile_filter(f, table.columns, types, "t", params) for _, f in filtered]
         wanted = "TRUE" if always else "(" + " OR ".join(conditions) + ")"
         return f"{owner} AND {wanted}", conditions
 
-    # the count is its own statement: every parameter must appear in the SQL that gets it
     counting = Params()
-    count_where, _ = where(counting)
+    count_where, _ = where(counting, flags=False)
     limit = f"${len(counting.values) + 1}::int8"
     count_sql = (
         f"select count(*) from (select from {name} as t where {count_where} limit {limit}) s"
@@ -160,7 +164,7 @@ async def _query(
 
     params = Params()
     excluded = params.texts(sorted(table.excluded))
-    row_where, conditions = where(params)
+    row_where, conditions = where(params, flags=True)
     columns = [f"(to_jsonb(t.*) - {excluded})::text"]
     columns += [f"({sql}) IS TRUE" for sql in conditions]
     sql = f"select {', '.join(columns)} from {name} as t where {row_where}"

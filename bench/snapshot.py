@@ -217,6 +217,9 @@ def main() -> None:
             for writes in (0, args.writes):
                 for kind in ("stream", "json"):
                     with _writer(bdb.dsn, writes) as done:
+                        started = time.monotonic()
+                        while done[0] < min(writes, 20) and time.monotonic() - started < 30:
+                            time.sleep(0.01)  # the writer is under way before the snapshot
                         result = _measure(server, kind, query, args.rows)
                     results.append({"endpoint": kind, "writes_per_s": writes, **result})
                     results[-1]["writes_done"] = done[0]

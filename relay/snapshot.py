@@ -472,6 +472,12 @@ async def _disconnected(receive: Receive) -> None:
         pass
 
 
+def resume_marker(position: int) -> bytes:
+    """`id: P` alone: EventSource records P as its Last-Event-ID without an event, so
+    a reconnect before any change resumes from the snapshot instead of reloading it."""
+    return b"id: %d\n\n" % position
+
+
 async def stream_snapshot(
     snapshot: Snapshot, send: Send, receive: Receive, headers: list[tuple[bytes, bytes]]
 ) -> int | None:

@@ -30,7 +30,7 @@ from relay.changes import system_frame
 from relay.hub import CLIENT, Hub, Subscriber
 from relay.metrics import StreamStats
 from relay.principal import Principal
-from relay.snapshot import Snapshot, stream_snapshot
+from relay.snapshot import Snapshot, resume_marker, stream_snapshot
 from relay.subscriptions import SubscriptionSet
 
 log = logging.getLogger("relay.stream")
@@ -239,6 +239,8 @@ class EventStream:
         frames = [system_frame(hello, self.retry_ms)]
         if resync is not None:
             frames.append(system_frame(resync))
+        elif self.snapshot is not None:
+            frames.append(resume_marker(after))
         await self._send(send, frames)
 
         cursor, upto = after, start

@@ -99,6 +99,22 @@ def test_stream_sends_visible_rows_then_subscribed_at_their_position(
         assert live.data["new"]["v"] == 1
 
 
+def test_subscribed_is_followed_by_a_bare_id_so_eventsource_resumes_from_it(
+    relay_server: RelayServer, orgs_table: str
+) -> None:
+    """`id: P` with no data sets EventSource's Last-Event-ID and dispatches nothing."""
+    url = relay_server.stream_url(
+        {"sub": orgs_table, "snapshot": "true"}, relay_server.service_token()
+    )
+    with httpx.stream("GET", url, timeout=10) as resp:
+        lines = resp.iter_lines()
+        for line in lines:
+            if line.startswith("data: ") and '"SUBSCRIBED"' in line:
+                position = json.loads(line[6:])["position"]
+                break
+        assert [next(lines), next(lines), next(lines)] == ["", f"id: {position}", ""]
+
+
 def test_select_projection_and_exact_numbers(
     relay_server: RelayServer, db: Any, make_table: Any
 ) -> None:

@@ -48,6 +48,7 @@ from relay.longpoll import changes_page
 from relay.metrics import StreamStats, parse_address, registry_for, serve_metrics
 from relay.principal import Principal
 from relay.settings import Settings
+from relay.snapshot import Limits, SnapshotRefused, SnapshotResponse, open_snapshot
 from relay.stream import EventStream
 from relay.subscriptions import RequestError, SubscriptionSet, parse_subscriptions, stale_reason
 from relay.topicguard import Family, GuardedHub, family_index, replay_floors
@@ -71,8 +72,20 @@ def is_loopback_client(request: Request) -> bool:
         return False
 
 
-def error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, status_code=status)
+def error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+
+
+def wants_snapshot(request: Request) -> bool:
+    """The `snapshot` parameter: `true` or `false` (absent: false)."""
+    value = request.query_params.get("snapshot")
+    if value is None or value == "false":
+        return False
+    if value == "true":
+        return True
+    raise RequestError(400, "invalid_parameter", "snapshot must be true or false")
 
 
 def parse_last_event_id(value: str | None) -> tuple[int | None, bool]:
@@ -133,6 +146,12 @@ class Relay:
         self.stats = StreamStats()
         self.last_head = 0
         self.metrics = registry_for(self)
+        self.snapshot_gate = asyncio.Semaphore(settings.snapshot_concurrency)
+        self.snapshot_limits = Limits(
+            max_rows=settings.snapshot_max_rows,
+            max_seconds=settings.snapshot_max_seconds,
+            page_rows=settings.snapshot_page_rows,
+        )
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -376,6 +395,8 @@ def _guarded(
     async def run(request: Request) -> Response | ASGIApp:
         try:
             return await handler(request)
+        except SnapshotRefused as exc:
+            return error(exc.status, exc.code, exc.message, exc.headers)
         except RequestError as exc:
             return error(exc.status, exc.code, exc.message)
         except AuthError as exc:
@@ -480,6 +501,11 @@ def create_app(relay: Relay, *, start: bool = True) -> ASGIApp:
             raw = header if header is not None else request.query_params.get("last_event_id")
             last, ignored = parse_last_event_id(raw)
             subs = await relay.with_topic_floors(principal, subs, last)
+            snapshot = None
+            if wants_snapshot(request) and last is None:  # a resume never reloads
+                snapshot = await open_snapshot(
+                    relay.pool, relay.snapshot_gate, principal, subs, relay.snapshot_limits
+                )
         except BaseException:
             slot.release()
             raise
@@ -497,8 +523,21 @@ def create_app(relay: Relay, *, start: bool = True) -> ASGIApp:
             expiry_margin=settings.token_expiry_margin,
             close_grace=settings.close_grace_seconds,
             stats=relay.stats,
+            snapshot=snapshot,
         )
         return _Slotted(stream, slot)
+
+    async def snapshot(request: Request) -> Response | ASGIApp:
+        if request.method != "GET":
+            return error(405, "method_not_allowed", "take a snapshot with GET")
+        principal = await relay.principal(request)
+        subs = await relay.parse(request, principal)
+        await relay.authorize_topics(principal, subs)
+        return SnapshotResponse(
+            await open_snapshot(
+                relay.pool, relay.snapshot_gate, principal, subs, relay.snapshot_limits
+            )
+        )
 
     async def changes(request: Request) -> Response:
         principal, token = await relay.identify(request)
@@ -644,6 +683,7 @@ def create_app(relay: Relay, *, start: bool = True) -> ASGIApp:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/stream", stream_endpoint, methods=["GET"]),
         Route("/v1/changes", _Endpoint(changes), methods=["GET"]),
+        Route("/v1/snapshot", _Endpoint(snapshot), methods=["GET"]),
         Route("/v1/broadcast", _Endpoint(broadcast), methods=["POST"]),
         Route("/v1/broadcast/schema", broadcast_schema, methods=["GET"]),
     ]

@@ -102,6 +102,11 @@ class Change(BaseModel):
     def status(self) -> str | None:
         return str(self.data.get("status")) if self.event == "system" else None
 
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """The rows of a `snapshot` page (`subscribe(..., snapshot=True)`); else empty."""
+        return list(self.data.get("rows", ())) if self.event == "snapshot" else []
+
 
 class PositionStore(Protocol):
     """Where a consumer keeps its resume position."""
@@ -252,12 +257,19 @@ class RelayClient:
         *subs: str | tuple[str, str],
         topic: str | list[str] | None = None,
         select: dict[str, str] | None = None,
+        snapshot: bool = False,
     ) -> AsyncIterator[Change]:
         """Changes for these `sub=` / `topic=` subscriptions, forever, exactly once each.
 
         A sub is a string, or a `(sub, select)` pair giving that subscription its own
         columns; `select` (sub string -> columns) is the older way to say the same.
         Each row change says which of `subs` it satisfies: `Change.subscriptions`.
+
+        With `snapshot=True` and no position yet, the current rows come first, as
+        `snapshot` events (`change.rows`), then a `system` `SUBSCRIBED` event whose
+        `id` is the position they reflect, then the changes after it. A snapshot
+        cut short by a failure is followed by `RESYNC_REQUIRED` (reason
+        `snapshot_interrupted`) and a new snapshot.
         """
         topics = [topic] if isinstance(topic, str) else list(topic or [])
         params, texts = self._params(subs, topics, select or {})
@@ -265,11 +277,27 @@ class RelayClient:
         failures = 0
         polling_since = 0.0
         backoff = 0.2
+        partial = False  # snapshot rows were yielded, their SUBSCRIBED not yet
         while True:
             if self.transport == "poll" and self.mode == "auto":
                 if time.monotonic() - polling_since > self._retry_sse_after:
                     self.transport = "sse"
-            source = self._sse(params) if self.transport == "sse" else self._poll(params)
+            source: AsyncGenerator[Change, None]
+            if snapshot and self.position is None:
+                if partial:
+                    partial = False
+                    yield Change(
+                        id=None,
+                        event="system",
+                        data={"status": "RESYNC_REQUIRED", "reason": "snapshot_interrupted"},
+                    )
+                source = (
+                    self._sse([*params, ("snapshot", "true")], with_snapshot=True)
+                    if self.transport == "sse"
+                    else self._poll_snapshot(params)
+                )
+            else:
+                source = self._sse(params) if self.transport == "sse" else self._poll(params)
             try:
                 async for change in source:
                     failures, backoff = 0, 0.2
@@ -279,6 +307,7 @@ class RelayClient:
                     if change.id is not None:
                         self.position = change.id
                         pending = change.id
+                    partial = change.event == "snapshot" or (partial and change.id is None)
                     yield _routed(change, texts)
             except RelayError:
                 raise
@@ -306,7 +335,9 @@ class RelayClient:
     # The query is encoded here, not by httpx, which groups repeated keys together
     # (sub=a&sub=b&select=x) and so would give a `select` to the wrong `sub`.
 
-    async def _sse(self, params: list[tuple[str, str]]) -> AsyncGenerator[Change, None]:
+    async def _sse(
+        self, params: list[tuple[str, str]], with_snapshot: bool = False
+    ) -> AsyncGenerator[Change, None]:
         assert self._http is not None
         headers = {"authorization": f"Bearer {await self._bearer()}", "accept": "text/event-stream"}
         if self.position is not None:
@@ -333,13 +364,57 @@ class RelayClient:
                             "SHUTDOWN",
                         ):
                             raise _StreamFailed(str(change.status))
+                        if change.status == "SNAPSHOT_FAILED":
+                            if change.data.get("error") == "unavailable":
+                                raise _StreamFailed(str(change.status))
+                            raise RelayError(413, change.data)
                         if change.event != "system" or change.status != "SUBSCRIBED":
                             yield change
+                        elif with_snapshot:  # the snapshot's end: resume from its position
+                            yield change.model_copy(update={"id": int(change.data["position"])})
                     fields = {}
                 elif not line.startswith(":"):
                     key, _, value = line.partition(":")
                     fields[key] = value[1:] if value.startswith(" ") else value
         raise _StreamFailed("stream ended")
+
+    async def fetch_snapshot(
+        self, *subs: str, select: dict[str, str] | None = None
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """`GET /v1/snapshot`: (position, rows as `{"ids","schema","table","row"}`)."""
+        assert self._http is not None
+        headers = {"authorization": f"Bearer {await self._bearer()}"}
+        params, _ = self._params(subs, [], select or {})
+        resp = await self._http.get(f"{self.url}/v1/snapshot?{urlencode(params)}", headers=headers)
+        if resp.status_code != 200:
+            raise RelayError(resp.status_code, resp.json())
+        body = orjson.loads(resp.content)
+        return int(body["position"]), list(body["rows"])
+
+    async def _poll_snapshot(self, params: list[tuple[str, str]]) -> AsyncGenerator[Change, None]:
+        """The snapshot over plain HTTP, shaped as the stream sends it: pages, then SUBSCRIBED."""
+        assert self._http is not None
+        headers = {"authorization": f"Bearer {await self._bearer()}"}
+        resp = await self._http.get(f"{self.url}/v1/snapshot?{urlencode(params)}", headers=headers)
+        if self._fatal(resp.status_code):
+            raise RelayError(resp.status_code, resp.json())
+        if resp.status_code != 200:
+            raise _StreamFailed(str(resp.status_code))
+        body = orjson.loads(resp.content)
+        page: dict[str, Any] | None = None
+        for item in body["rows"]:
+            key = {"ids": item["ids"], "schema": item["schema"], "table": item["table"]}
+            if page is None or any(page[k] != v for k, v in key.items()):
+                if page is not None:
+                    yield Change(id=None, event="snapshot", data=page)
+                page = {**key, "rows": []}
+            page["rows"].append(item["row"])
+        if page is not None:
+            yield Change(id=None, event="snapshot", data=page)
+        position = int(body["position"])
+        yield Change(
+            id=position, event="system", data={"status": "SUBSCRIBED", "position": position}
+        )
 
     async def _poll(self, params: list[tuple[str, str]]) -> AsyncGenerator[Change, None]:
         assert self._http is not None

@@ -94,6 +94,22 @@ class Settings(BaseSettings):
         default=None, ge=1, description="also keep at most this many newest positions"
     )
     prune_interval_seconds: float = Field(default=60.0, gt=0, description="pruning cadence")
+    snapshot_max_rows: int = Field(
+        default=100_000,
+        ge=1,
+        description="rows per snapshot (`snapshot=true`, `/v1/snapshot`); 413 beyond",
+    )
+    snapshot_max_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds to take and send one snapshot; 413 (or SNAPSHOT_FAILED) beyond",
+    )
+    snapshot_page_rows: int = Field(
+        default=500, ge=1, le=100_000, description="rows per `event: snapshot` frame and per read"
+    )
+    snapshot_concurrency: int = Field(
+        default=4, ge=1, description="snapshots reading at once (each holds a connection meanwhile)"
+    )
     application_name: str = Field(
         default="relay", description="application_name of the relay's database sessions"
     )

@@ -1,6 +1,9 @@
 """One Server-Sent Events response: SUBSCRIBED, replay from the log, then live.
 
 Invariants:
+- With a snapshot (snapshot=true), its rows go out before anything else and
+  the stream then resumes from the snapshot's position, exactly as if the
+  client had sent it as Last-Event-ID (relay.snapshot).
 - The subscriber is registered in the hub before anything is sent, so
   SUBSCRIBED is only sent once live delivery is in place.
 - Replay covers (resume position, hub position at registration]; live frames
@@ -27,6 +30,7 @@ from relay.changes import system_frame
 from relay.hub import CLIENT, Hub, Subscriber
 from relay.metrics import StreamStats
 from relay.principal import Principal
+from relay.snapshot import Snapshot, resume_marker, stream_snapshot
 from relay.subscriptions import SubscriptionSet
 
 log = logging.getLogger("relay.stream")
@@ -65,6 +69,7 @@ class EventStream:
         expiry_margin: float,
         close_grace: float = 5.0,
         stats: StreamStats | None = None,
+        snapshot: Snapshot | None = None,
     ) -> None:
         self.hub = hub
         self.pool = pool
@@ -81,10 +86,20 @@ class EventStream:
         self.stats = stats or StreamStats()
         self.extra_headers: list[tuple[bytes, bytes]] = []  # CORS, set by the endpoint
         self.sent = 0
+        # snapshot=true: its rows go out first, then the stream resumes from its position
+        self.snapshot = snapshot
+        self.started = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hub = self.hub
         head = oldest = 0
+        if self.snapshot is not None:
+            position = await stream_snapshot(
+                self.snapshot, send, receive, HEADERS + self.extra_headers
+            )
+            if position is None:
+                return
+            self.last_event_id, self.started = position, True
         if self.last_event_id is not None:
             # Read before registering: a position the client holds was committed
             # before it connected, so it is <= this head unless the log is not the
@@ -94,7 +109,7 @@ class EventStream:
                     head, oldest = await logdb.head_and_oldest(conn)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("stream refused, database unavailable: %s", type(exc).__name__)
-                await _end_with_retry(send, self.retry_ms)
+                await _end_with_retry(send, self.retry_ms, self.started)
                 return
         sub = hub.subscribe(
             self.principal,
@@ -123,13 +138,14 @@ class EventStream:
             sub.on_server_close = abort_later
         opened = time.monotonic()
         try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": HEADERS + self.extra_headers,
-                }
-            )
+            if not self.started:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": HEADERS + self.extra_headers,
+                    }
+                )
             try:
                 await self._run(sub, start, after, resync, send, transport)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -223,6 +239,8 @@ class EventStream:
         frames = [system_frame(hello, self.retry_ms)]
         if resync is not None:
             frames.append(system_frame(resync))
+        elif self.snapshot is not None:
+            frames.append(resume_marker(after))
         await self._send(send, frames)
 
         cursor, upto = after, start
@@ -273,9 +291,10 @@ class EventStream:
                 return
 
 
-async def _end_with_retry(send: Send, retry_ms: int) -> None:
+async def _end_with_retry(send: Send, retry_ms: int, started: bool = False) -> None:
     """An empty 200 stream with a retry hint: EventSource tries again (a 5xx would stop it)."""
-    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    if not started:
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
     await send(
         {"type": "http.response.body", "body": b"retry: %d\n\n" % retry_ms, "more_body": False}
     )

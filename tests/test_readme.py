@@ -10,9 +10,9 @@ file) and say so where they stand.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
-import gzip
 import re
 import select
 import shutil

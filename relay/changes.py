@@ -1,8 +1,9 @@
 """One entry of the change log, and the SSE frames it turns into.
 
-Invariant: a change is encoded at most once per payload variant (full row,
-moved-in INSERT, moved-out DELETE, a `select=` projection), and the same
-bytes object is handed to every subscriber that receives that variant. Row
+Invariant: a change is encoded at most once per distinct frame (payload
+variant — full row, moved-in INSERT, moved-out DELETE —, `select=` columns,
+and the subscription `ids` it names), and the same bytes object is handed to
+every subscriber that receives that frame. Row
 values are passed through exactly as Postgres' `to_jsonb` wrote them, except
 in `select=` projections, which keep numbers exact (Decimal -> raw JSON).
 """
@@ -62,6 +63,15 @@ def system_frame(payload: Mapping[str, Any], retry_ms: int | None = None) -> byt
 
 KEEPALIVE = b": keep-alive\n\n"
 
+# a frame's cache key: (variant, columns, primary key if only it goes out, ids)
+_FrameKey = tuple[int, tuple[str, ...] | None, tuple[str, ...], tuple[int, ...]]
+# the key of changes that have one frame for everyone (broadcast, truncate)
+_SINGLE: _FrameKey = (FULL, None, (), ())
+
+
+def _ids_json(ids: tuple[int, ...]) -> bytes:
+    return b"[" + b",".join(b"%d" % i for i in ids) + b"]"
+
 
 @dataclass(slots=True, eq=False)
 class Change:
@@ -87,8 +97,8 @@ class Change:
     commit_timestamp: str
     _new: dict[str, Any] | None = field(default=None, repr=False)
     _old: dict[str, Any] | None = field(default=None, repr=False)
-    _frames: dict[tuple[int, tuple[str, ...] | None, tuple[str, ...]], bytes] = field(
-        default_factory=dict, repr=False
+    _frames: dict[tuple[int, tuple[str, ...] | None, tuple[str, ...], tuple[int, ...]], bytes] = (
+        field(default_factory=dict, repr=False)
     )
 
     @property
@@ -105,17 +115,32 @@ class Change:
             self._old = _decode_exact(self.old_text)
         return self._old
 
-    def row_frame(self, variant: int, select: tuple[str, ...] | None, pk: tuple[str, ...]) -> bytes:
-        """The `postgres_changes` frame of this change in one payload variant."""
-        key = (variant, select, pk if variant == MOVED_OUT else ())
+    def row_frame(
+        self,
+        variant: int,
+        select: tuple[str, ...] | None,
+        pk: tuple[str, ...],
+        ids: tuple[int, ...] = (0,),
+    ) -> bytes:
+        """The `postgres_changes` frame of this change in one payload variant, naming
+        the subscriptions (`ids`) it satisfies; one bytes object per distinct frame."""
+        key: _FrameKey
+        if variant == MOVED_OUT:
+            key = (variant, None, pk, ids)  # only the key goes out: select is moot
+        else:
+            key = (variant, select, (), ids)
         frame = self._frames.get(key)
         if frame is None:
-            frame = self._encode_row(variant, select, pk)
+            frame = self._encode_row(variant, select, pk, ids)
             self._frames[key] = frame
         return frame
 
     def _encode_row(
-        self, variant: int, select: tuple[str, ...] | None, pk: tuple[str, ...]
+        self,
+        variant: int,
+        select: tuple[str, ...] | None,
+        pk: tuple[str, ...],
+        ids: tuple[int, ...],
     ) -> bytes:
         kind = self.kind
         if variant == MOVED_IN:
@@ -129,7 +154,9 @@ class Change:
             old = b"{}" if kind == INSERT else self._part(self.old_text, True, select)
         data = b"".join(
             (
-                b'{"schema":',
+                b'{"ids":',
+                _ids_json(ids),
+                b',"schema":',
                 orjson.dumps(self.schema),
                 b',"table":',
                 orjson.dumps(self.table),
@@ -161,7 +188,7 @@ class Change:
 
     def broadcast_frame(self) -> bytes:
         """The `broadcast` frame of a broadcast message (one variant for all)."""
-        frame = self._frames.get((FULL, None, ()))
+        frame = self._frames.get(_SINGLE)
         if frame is None:
             data = b"".join(
                 (
@@ -175,12 +202,12 @@ class Change:
                 )
             )
             frame = sse_frame("broadcast", data, self.position)
-            self._frames[(FULL, None, ())] = frame
+            self._frames[_SINGLE] = frame
         return frame
 
     def truncate_frame(self) -> bytes:
         """The `system` RESYNC_REQUIRED frame a TRUNCATE turns into."""
-        frame = self._frames.get((FULL, None, ()))
+        frame = self._frames.get(_SINGLE)
         if frame is None:
             frame = system_frame(
                 {
@@ -191,5 +218,5 @@ class Change:
                     "position": self.position,
                 }
             )
-            self._frames[(FULL, None, ())] = frame
+            self._frames[_SINGLE] = frame
         return frame

@@ -36,13 +36,15 @@ from relay.changes import (
     system_frame,
 )
 from relay.principal import Principal
-from relay.subscriptions import RowSubscription, SubscriptionSet
+from relay.subscriptions import RowSubscription, SubscriptionSet, union_of
 
 # Why a stream was closed by the server (also the metric label).
 TOO_SLOW = "TOO_SLOW"
 TOKEN_EXPIRED = "TOKEN_EXPIRED"
 SHUTDOWN = "SHUTDOWN"
 CLIENT = "client"
+
+_UNKNOWN: Any = object()  # not yet in a cache
 
 
 class Subscriber:
@@ -52,6 +54,7 @@ class Subscriber:
         "principal",
         "subs",
         "_by_table",
+        "_unions",
         "topics",
         "outbox",
         "outbox_bytes",
@@ -81,10 +84,11 @@ class Subscriber:
     ) -> None:
         self.principal = principal
         self.subs = subs
-        by_table: dict[tuple[str, str], list[RowSubscription]] = {}
-        for r in subs.rows:
-            by_table.setdefault((r.table.schema, r.table.name), []).append(r)
+        by_table: dict[tuple[str, str], list[tuple[int, RowSubscription]]] = {}
+        for i, r in enumerate(subs.rows):
+            by_table.setdefault((r.table.schema, r.table.name), []).append((i, r))
         self._by_table = {k: tuple(v) for k, v in by_table.items()}
+        self._unions: dict[tuple[int, ...], Any] = {}
         self.topics = frozenset(subs.topics)
         self.outbox: list[bytes] = []
         self.outbox_bytes = 0
@@ -105,7 +109,11 @@ class Subscriber:
         self.direct: Callable[[list[bytes]], bool] | None = None
 
     def route(self, change: Change) -> bytes | None:
-        """The frame this subscriber gets for `change`, or None if it gets nothing."""
+        """The frame this subscriber gets for `change`, or None if it gets nothing.
+
+        A row change goes out once, naming in `ids` every subscription of the
+        stream it satisfies (their numbers in request order), with the union of
+        their `select`s (all columns if any of them selects all)."""
         kind = change.kind
         p = self.principal
         if kind == BROADCAST:
@@ -146,13 +154,31 @@ class Subscriber:
             variant, event_type, use_new = FULL, "DELETE", False
         else:
             return None
-        for s in subs:
+        row: dict[str, Any] | None = None
+        first: RowSubscription | None = None
+        ids: list[int] | None = None
+        for i, s in subs:
             if s.event != "*" and s.event != event_type:
                 continue
-            if s.filter is not None and not s.filter.matches(change.new if use_new else change.old):
-                continue
-            return change.row_frame(variant, s.select, s.table.pk)
-        return None
+            if s.filter is not None:
+                if row is None:
+                    row = change.new if use_new else change.old
+                if not s.filter.matches(row):
+                    continue
+            if first is None:
+                first, ids = s, [i]
+            else:
+                assert ids is not None
+                ids.append(i)
+        if first is None or ids is None:
+            return None
+        if len(ids) == 1:
+            return change.row_frame(variant, first.select, first.table.pk, (ids[0],))
+        key = tuple(ids)
+        select = self._unions.get(key, _UNKNOWN)
+        if select is _UNKNOWN:
+            select = self._unions[key] = union_of(self.subs.rows[i].select for i in key)
+        return change.row_frame(variant, select, first.table.pk, key)
 
     def push(self, frame: bytes) -> bool:
         """Queue a frame; True if the subscriber needs a wake-up for it."""

@@ -41,7 +41,7 @@ from relay.catalog import Table
 from relay.changes import _decode_exact, _encode_exact, sse_frame, system_frame
 from relay.principal import Principal
 from relay.sqlfilter import Params, compile_filter, compile_ownership, ident
-from relay.subscriptions import RequestError, RowSubscription, SubscriptionSet
+from relay.subscriptions import RequestError, RowSubscription, SubscriptionSet, union_of
 
 log = logging.getLogger("relay.snapshot")
 
@@ -270,7 +270,7 @@ class Snapshot:
             ids = q.always + tuple(i for n, i in enumerate(q.flagged) if record[n + 1])
             ids = tuple(sorted(ids))
             if ids not in projections:
-                projections[ids] = _union(q.selects[i] for i in ids)
+                projections[ids] = union_of(q.selects[i] for i in ids)
             keep = projections[ids]
             text: str = record[0]
             if keep is None:
@@ -299,16 +299,6 @@ class Snapshot:
                 await self._release()
             finally:
                 self._gate.release()
-
-
-def _union(selects: Any) -> tuple[str, ...] | None:
-    """The columns a row goes out with: all if any subscription wants all, else the union."""
-    keep: list[str] = []
-    for select in selects:
-        if select is None:
-            return None
-        keep += [c for c in select if c not in keep]
-    return tuple(keep)
 
 
 def _too_slow(limits: Limits) -> SnapshotAborted:

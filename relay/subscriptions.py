@@ -35,6 +35,17 @@ def _clip(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def union_of(selects: Iterable[tuple[str, ...] | None]) -> tuple[str, ...] | None:
+    """The columns a row goes out with when several subscriptions want it: all
+    (None) if any of them selects all, else the union in first-seen order."""
+    keep: list[str] = []
+    for select in selects:
+        if select is None:
+            return None
+        keep += [c for c in select if c not in keep]
+    return tuple(keep)
+
+
 @dataclass(frozen=True, slots=True)
 class RowSubscription:
     """Row changes of one table, of one event type or all, optionally filtered."""

@@ -12,7 +12,9 @@ Invariants:
   (or, while it is still replaying history, marked so its stream re-reads the
   dropped range from the log).
 - Candidates are found by index (table -> owner -> subscribers), so the cost
-  per change grows with the number of receivers, not of subscribers.
+  per change grows with the number of receivers, not of subscribers; a row
+  change is routed once per group of receivers with identical routing inputs
+  (`Subscriber.group`), and each receiver gets what routing it alone would give.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Subscriber:
         "subs",
         "_by_table",
         "_unions",
+        "group",
         "topics",
         "outbox",
         "outbox_bytes",
@@ -89,6 +92,15 @@ class Subscriber:
             by_table.setdefault((r.table.schema, r.table.name), []).append((i, r))
         self._by_table = {k: tuple(v) for k, v in by_table.items()}
         self._unions: dict[tuple[int, ...], Any] = {}
+        # Everything a row change's routing reads, but the token's `sub`: two
+        # subscribers with equal groups get the same frame (or none) for any row
+        # change whose user columns do not name either of them. Tables by identity:
+        # subscriptions parsed against different catalog versions never share.
+        self.group: tuple[Any, ...] = (
+            principal.is_service,
+            None if principal.is_service else principal.orgs,
+            tuple((r.text, r.select, id(r.table)) for r in subs.rows),
+        )
         self.topics = frozenset(subs.topics)
         self.outbox: list[bytes] = []
         self.outbox_bytes = 0
@@ -422,10 +434,32 @@ class Hub:
                     continue
                 cands = idx.candidates(ch)
             pos = ch.position
+            if ch.kind == BROADCAST:
+                for s in cands:
+                    if pos <= s.skip_through:
+                        continue
+                    frame = s.route(ch)
+                    if frame is not None:
+                        delivered += 1
+                        if s.push(frame):
+                            touched.append(s)
+                continue
+            # Row change: one decision per routing group (see Subscriber.group),
+            # except for receivers the change's user column names, who may own it
+            # where the rest of their group does not.
+            decided: dict[tuple[Any, ...], bytes | None] = {}
+            users = (ch.user_id, ch.old_user_id)
             for s in cands:
                 if pos <= s.skip_through:
                     continue
-                frame = s.route(ch)
+                uid = s.principal.sub
+                if uid is not None and uid in users:
+                    frame = s.route(ch)
+                else:
+                    group = s.group
+                    frame = decided.get(group, _UNKNOWN)
+                    if frame is _UNKNOWN:
+                        frame = decided[group] = s.route(ch)
                 if frame is not None:
                     delivered += 1
                     if s.push(frame):

@@ -67,11 +67,17 @@ class Stream:
 
 
 class ScriptedRelay:
-    """Serves relay.js and the test page; answers /v1/stream and /v1/changes as scripted."""
+    """Serves relay.js and the test page; answers /v1/stream, /v1/changes and /v1/snapshot
+    as scripted (`snapshot_answer` returns the status and the JSON body)."""
 
     def __init__(self) -> None:
         self.streams: list[Stream] = []
         self.changes: list[Params] = []
+        self.snapshots: list[Params] = []
+        self.snapshot_answer: Callable[[Params], tuple[int, dict[str, Any]]] = lambda params: (
+            200,
+            {"position": self.head, "rows": []},
+        )
         self.head = 100
         self.answer: Callable[[Params], dict[str, Any]] = lambda params: {
             "events": [],
@@ -91,6 +97,10 @@ class ScriptedRelay:
                 elif url.path == "/v1/changes":
                     relay.changes.append(params)
                     self._send(200, "application/json", json.dumps(relay.answer(params)).encode())
+                elif url.path == "/v1/snapshot":
+                    relay.snapshots.append(params)
+                    status, body = relay.snapshot_answer(params)
+                    self._send(status, "application/json", json.dumps(body).encode())
                 elif url.path == "/v1/stream":
                     self._stream(params)
                 else:

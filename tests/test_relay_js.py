@@ -65,6 +65,10 @@ class Stream:
     def send(self, position: int, event: str, data: dict[str, Any]) -> None:
         self.frames.put(f"id: {position}\nevent: {event}\ndata: {json.dumps(data)}\n\n")
 
+    def end(self) -> None:
+        """Close the stream from the server's side (the client sees an error)."""
+        self.frames.put("")
+
 
 class ScriptedRelay:
     """Serves relay.js and the test page; answers /v1/stream, /v1/changes and /v1/snapshot
@@ -130,6 +134,8 @@ class ScriptedRelay:
                             frame = stream.frames.get(timeout=0.2)
                         except queue.Empty:
                             frame = ": keep-alive\n\n"  # also notices a closed connection
+                        if not frame:
+                            break
                         self.wfile.write(frame.encode())
                         self.wfile.flush()
                 except OSError:

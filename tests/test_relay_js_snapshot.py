@@ -207,6 +207,34 @@ def test_a_stream_ahead_of_the_snapshot_catches_the_channel_up_from_its_position
     ]
 
 
+def test_a_reconnect_resumes_and_never_loads_the_snapshot_again(
+    page: Page,  # noqa: F811
+    scripted: ScriptedRelay,  # noqa: F811
+) -> None:
+    page.evaluate(f"() => {{ {LISTEN} }}")
+    scripted.snapshot_answer = lambda params: (
+        200,
+        {"position": 100, "rows": snapshot_rows("jobs", [0], [1])},
+    )
+    page.evaluate("() => listen('snap', [{ table: 'jobs' }], { snapshot: true })")
+    first = scripted.wait_streams(1)
+    assert first.param("last_event_id") == "100"  # the stream starts at the snapshot
+    wait_status(page, "snap", "SUBSCRIBED")
+    first.send(*row(101, "jobs", [0], 101))
+    page.wait_for_function("window.log.snap.length >= 3")
+    first.end()
+    second = scripted.wait_streams(2)
+    assert second.param("last_event_id") == "101"
+    second.send(*row(102, "jobs", [0], 102))
+    page.wait_for_function("window.log.snap.length >= 4")
+    assert len(scripted.snapshots) == 1
+    assert [(e["type"], e["id"]) for e in changes(log_of(page, "snap"))] == [
+        ("SNAPSHOT", "100"),
+        ("INSERT", "101"),
+        ("INSERT", "102"),
+    ]
+
+
 def test_a_refused_snapshot_fails_its_channel_alone(
     page: Page,  # noqa: F811
     scripted: ScriptedRelay,  # noqa: F811

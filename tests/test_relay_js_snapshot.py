@@ -531,3 +531,20 @@ def test_a_snapshot_over_the_row_limit_fails_its_channel_and_the_others_stay_liv
         close(p)
     finally:
         srv.stop()
+
+
+def test_a_snapshot_refused_for_the_token_fails_the_channel_instead_of_hanging(
+    page: Page,  # noqa: F811
+    scripted: ScriptedRelay,  # noqa: F811
+) -> None:
+    page.evaluate(f"() => {{ {LISTEN} }}")
+    scripted.snapshot_answer = lambda params: (
+        401,
+        {"error": "invalid_token", "message": "token expired"},
+    )
+    page.evaluate("() => listen('snap', [{ table: 'jobs' }], { snapshot: true })")
+    wait_status(page, "snap", "CHANNEL_ERROR")  # a fixed token: not asked again
+    assert log_of(page, "snap") == [
+        {"status": "CHANNEL_ERROR", "error": "relay: token refused (401)"}
+    ]
+    assert scripted.streams == []

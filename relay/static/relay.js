@@ -511,7 +511,7 @@ export function createRelay(url, options = {}) {
         retryTimer = setTimeout(() => current === generation && connect(), tokenFailures > 1 ? 1000 : 0);
         return true;
       }
-      joining.forEach((c) => setChannelState(c, CHANNEL_ERROR, new Error('relay: token refused (401)')));
+      activeChannels().forEach((c) => setChannelState(c, CHANNEL_ERROR, new Error('relay: token refused (401)')));
       stop();
       setStatus(OFFLINE, null);
       return true;

@@ -123,7 +123,8 @@ def test_dashboard_shows_a_new_row_within_a_second(
     expect(page.locator("#bump-host .bump")).to_have_text("+3", timeout=1500)
     expect(page.locator("#card-pct")).to_have_text("16%")
     expect(page.locator(".company").first).to_be_visible()
-    # a reload restores the page from the tab's snapshot and resumes from its position
+    # a reload: the rows from a new snapshot, the progress from the tab's storage, and the
+    # broadcasts sent meanwhile from its position
     page.goto("about:blank")
     add_items(db, sid, o, 2)  # written while the page was away
     page.goto(relay_server.url)

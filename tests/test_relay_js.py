@@ -65,13 +65,23 @@ class Stream:
     def send(self, position: int, event: str, data: dict[str, Any]) -> None:
         self.frames.put(f"id: {position}\nevent: {event}\ndata: {json.dumps(data)}\n\n")
 
+    def end(self) -> None:
+        """Close the stream from the server's side (the client sees an error)."""
+        self.frames.put("")
+
 
 class ScriptedRelay:
-    """Serves relay.js and the test page; answers /v1/stream and /v1/changes as scripted."""
+    """Serves relay.js and the test page; answers /v1/stream, /v1/changes and /v1/snapshot
+    as scripted (`snapshot_answer` returns the status and the JSON body)."""
 
     def __init__(self) -> None:
         self.streams: list[Stream] = []
         self.changes: list[Params] = []
+        self.snapshots: list[Params] = []
+        self.snapshot_answer: Callable[[Params], tuple[int, dict[str, Any]]] = lambda params: (
+            200,
+            {"position": self.head, "rows": []},
+        )
         self.head = 100
         self.answer: Callable[[Params], dict[str, Any]] = lambda params: {
             "events": [],
@@ -91,6 +101,10 @@ class ScriptedRelay:
                 elif url.path == "/v1/changes":
                     relay.changes.append(params)
                     self._send(200, "application/json", json.dumps(relay.answer(params)).encode())
+                elif url.path == "/v1/snapshot":
+                    relay.snapshots.append(params)
+                    status, body = relay.snapshot_answer(params)
+                    self._send(status, "application/json", json.dumps(body).encode())
                 elif url.path == "/v1/stream":
                     self._stream(params)
                 else:
@@ -120,6 +134,8 @@ class ScriptedRelay:
                             frame = stream.frames.get(timeout=0.2)
                         except queue.Empty:
                             frame = ": keep-alive\n\n"  # also notices a closed connection
+                        if not frame:
+                            break
                         self.wfile.write(frame.encode())
                         self.wfile.flush()
                 except OSError:
@@ -549,14 +565,17 @@ def test_the_dashboard_opens_one_stream_per_page_load_and_never_replays_twice(
             metric(srv, "relay_streams_opened_total"),
             metric(srv, "relay_replayed_events_total"),
         )
-        seen_changes: list[int] = []
+        seen_changes: list[str] = []  # the kinds of the events fetched over /v1/changes
+        seen_snapshots: list[int] = []  # rows per /v1/snapshot answer
+
+        def seen(r: Any) -> None:
+            if "/v1/changes" in r.url:
+                seen_changes.extend(e["event"] for e in r.json().get("events", []))
+            elif "/v1/snapshot" in r.url and r.status == 200:  # not a 503 to retry
+                seen_snapshots.append(len(r.json()["rows"]))
+
         p = browser.new_context(viewport={"width": 1360, "height": 900}).new_page()
-        p.on(
-            "response",
-            lambda r: (
-                "/v1/changes" in r.url and seen_changes.append(len(r.json().get("events", [])))
-            ),
-        )
+        p.on("response", seen)
         p.goto(f"{srv.url}/?access_token={srv.token(sub='u1', org_id=o)}")
         expect(p.locator("#conn")).to_have_attribute("data-status", "Live", timeout=10_000)
         for name in names:
@@ -565,7 +584,10 @@ def test_the_dashboard_opens_one_stream_per_page_load_and_never_replays_twice(
         expect(p.locator("#card-count")).to_have_text("5 / 50", timeout=5000)
         assert metric(srv, "relay_streams_opened_total") - opened == 1
         assert metric(srv, "relay_replayed_events_total") - replayed == 0  # it opened at the head
-        assert sum(seen_changes) >= 3 + 3 + 4 + 5  # rows and broadcasts, each fetched once
+        # the rows came from one snapshot (3 streams, 3 + 4 + 5 items), never replayed over
+        # /v1/changes; the topics' broadcasts (one per insert statement) over /v1/changes
+        assert seen_snapshots == [3 + 3 + 4 + 5]
+        assert seen_changes == ["broadcast"] * 3
 
         # a new stream adds a topic channel: one reopen, from where the page was
         live_name = f"Live {uuid.uuid4().hex[:6]}"
@@ -578,7 +600,8 @@ def test_the_dashboard_opens_one_stream_per_page_load_and_never_replays_twice(
         # while it reconnected, never the page's history again
         assert metric(srv, "relay_replayed_events_total") - replayed <= 3
 
-        # a reload: again one stream, resumed from the tab's snapshot
+        # a reload: again one stream, the rows from a new snapshot, the broadcasts' state
+        # from the tab's storage, resumed from its position
         before = metric(srv, "relay_streams_opened_total")
         p.reload()
         expect(p.locator("#conn")).to_have_attribute("data-status", "Live", timeout=10_000)

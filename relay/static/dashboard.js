@@ -3,8 +3,10 @@
 // they only ever reach the page through textContent, never innerHTML.
 import { createRelay } from '/relay.js';
 
-// Transactions replayed on a first visit, so the page opens with recent state. Each
-// transaction's changes sit in a block of BLOCK positions (docs/architecture.md, "Positions").
+// The row tables open with their rows as they are now (`snapshot: true`). A stream's
+// progress, agents and feed are broadcasts, not rows: on a first visit the last HISTORY
+// transactions of each shown stream's topic are replayed. Each transaction's changes sit
+// in a block of BLOCK positions (docs/architecture.md, "Positions").
 const HISTORY = 3000;
 const BLOCK = 16384;
 const CAP = { streams: 20, jobs: 20, tasks: 30, enrich: 20, items: 6, feed: 5, subs: 6 };
@@ -104,7 +106,10 @@ function upsert(map, d) {
     return { row: null, prev: gone };
   }
   const prev = map[d.new.id];
-  const row = { ...d.new, _at: d.commit_timestamp, _pos: prev?._pos ?? d.id };
+  // a snapshot row was first seen before the page: its topic is replayed from the baseline
+  const snapshot = d.eventType === 'SNAPSHOT';
+  const at = snapshot ? d.new.updated_at ?? d.new.created_at : d.commit_timestamp;
+  const row = { ...d.new, _at: at, _pos: prev?._pos ?? (snapshot ? undefined : d.id) };
   map[d.new.id] = row;
   return { row, prev };
 }
@@ -132,7 +137,7 @@ const onRow = {
     if (d.eventType === 'DELETE') {
       const i = list.findIndex((x) => x.id === r.id);
       if (i >= 0) list.splice(i, 1);
-    } else if (d.eventType === 'INSERT' || list.some((x) => x.id === r.id)) {
+    } else if (d.eventType !== 'UPDATE' || list.some((x) => x.id === r.id)) {
       upsertIn(list, r, CAP.items);
     }
   },
@@ -274,15 +279,17 @@ async function headPosition(u) {
   return undefined;
 }
 
-const snapKey = (u) => `dash:snapshot:${u.label}`;
-function saveSnapshot() {
+// What the tab keeps across reloads: the broadcasts' state (rows come from the snapshot).
+const snapKey = (u) => `dash:broadcasts:${u.label}`;
+function saveBroadcasts() {
   if (!relay || !user || !changed) return;
   changed = false;
   const pos = relay.position;
   if (pos == null) return;
-  try { sessionStorage.setItem(snapKey(user), JSON.stringify({ pos, state: S })); } catch { /* full */ }
+  const state = { progress: S.progress, feed: S.feed, agents: S.agents };
+  try { sessionStorage.setItem(snapKey(user), JSON.stringify({ pos, state })); } catch { /* full */ }
 }
-function loadSnapshot(u) {
+function loadBroadcasts(u) {
   try { return JSON.parse(sessionStorage.getItem(snapKey(u)) || 'null'); } catch { return null; }
 }
 
@@ -299,22 +306,22 @@ function showConnection(status, transport) {
 
 async function start(u) {
   const gen = ++generation;
-  if (relay) { saveSnapshot(); relay.removeAllChannels(); relay.disconnect(); relay = null; }
+  if (relay) { saveBroadcasts(); relay.removeAllChannels(); relay.disconnect(); relay = null; }
   user = u;
   openedAt = Date.now();
   claims = claimsOf(u.token);
   topics = new Map();
   topicPositions = {};
   bumps = {};
-  const snap = loadSnapshot(u);
-  S = snap?.state || empty();
+  const saved = loadBroadcasts(u);
+  S = { ...empty(), ...saved?.state };
   render();
-  // One stream per page load: it opens at the head, once the page's channels have been
-  // caught up to there (over /v1/changes): the tab's snapshot position on a reload, the
-  // last HISTORY transactions on a first visit, so the page opens with recent state.
+  // One stream per page load: it opens at the head, once the row tables have their
+  // snapshot and the topics have been caught up to there (over /v1/changes): from the
+  // tab's saved position on a reload, the last HISTORY transactions on a first visit.
   const head = await headPosition(u);
   if (gen !== generation) return;
-  const from = snap?.pos ?? (head == null ? undefined : Math.max(0, head - HISTORY * BLOCK));
+  const from = saved?.pos ?? (head == null ? undefined : Math.max(0, head - HISTORY * BLOCK));
   baseline = num(from) || 0;
   relay = createRelay(location.origin, { token: () => tokenFor(u), lastEventId: head == null || baseline > head ? from : head, storageKey: false });
   relay.onStatus(showConnection);
@@ -330,7 +337,7 @@ async function start(u) {
     toast({ kind: 'info', icon: '↻', title: 'Caught up', body: info.reason === 'truncate' ? `${info.table} was emptied` : 'Some history is no longer kept: showing changes from now on.' });
   };
   const mine = claims.role !== 'service_role' && claims.sub;
-  const main = relay.channel('dashboard', { since: from }).on('system', {}, onResync);
+  const main = relay.channel('dashboard', { snapshot: true }).on('system', {}, onResync);
   for (const table of Object.keys(onRow)) {
     const filter = table === 'bulk_enrichment_jobs' && mine ? `user_id=eq."${String(claims.sub).replace(/[\\"]/g, '\\$&')}"` : undefined;
     main.on('postgres_changes', { event: '*', schema: 'public', table, filter }, handleRow);
@@ -727,8 +734,8 @@ function toast({ kind, icon, title, body }) {
 }
 
 window.addEventListener('hashchange', render);
-window.addEventListener('pagehide', () => { changed = true; saveSnapshot(); });
+window.addEventListener('pagehide', () => { changed = true; saveBroadcasts(); });
 setInterval(schedule, 1000);
 setInterval(syncTopics, 10000);
-setInterval(saveSnapshot, 2000);
+setInterval(saveBroadcasts, 2000);
 main();

@@ -14,6 +14,16 @@
 //   its own, over /v1/changes; only then does the one stream open, from the last position
 //   delivered. So a reopen never replays what the page already has.
 // - channel changes made in one tick (subscribe, removeChannel) reopen the connection once.
+// - a channel subscribed with `snapshot: true` first gets the rows as they are now, from
+//   GET /v1/snapshot with its own `sub=`/`select=`: each row reaches the matching
+//   postgres_changes callbacks as { eventType: 'SNAPSHOT', new: row, old: {}, schema,
+//   table, id: P }, before the channel is SUBSCRIBED. P, the position the rows reflect,
+//   becomes the channel's position: a connection already past P catches the channel up
+//   from P over /v1/changes; one behind P resumes from where it was, and this channel
+//   skips what it gets up to P. So no change is missed or handed twice at the seam. The
+//   connection pauses (and resumes from its position) while a snapshot loads; a reconnect
+//   resumes and never loads it again. A 4xx (e.g. 413 above RELAY_SNAPSHOT_MAX_ROWS) makes
+//   that channel alone CHANNEL_ERROR, with the relay's message.
 
 export const LIVE = 'Live';
 export const RECONNECTING = 'Reconnecting…';
@@ -222,10 +232,14 @@ export function createRelay(url, options = {}) {
     return { signal, credentials: 'include', headers: token ? { authorization: 'Bearer ' + token } : {} };
   }
 
-  async function fetchChanges(params, extra, token, signal) {
-    const response = await fetch(`${baseUrl}/v1/changes?${queryString(params, extra)}`, fetchOptions(token, signal));
+  async function fetchJson(path, params, extra, token, signal) {
+    const response = await fetch(`${baseUrl}${path}?${queryString(params, extra)}`, fetchOptions(token, signal));
     const body = await response.json().catch(() => null);
     return { status: response.status, body };
+  }
+
+  function fetchChanges(params, extra, token, signal) {
+    return fetchJson('/v1/changes', params, extra, token, signal);
   }
 
   // The same request as JSON, to learn why a stream did not open (token? channel? proxy?).
@@ -268,7 +282,7 @@ export function createRelay(url, options = {}) {
     }
     // a page without a position starts at the earliest `since` of its channels, if any
     connectionPosition ??= earliest(activeChannels().map((c) => c.position));
-    for (const channel of activeChannels()) channel.position ??= connectionPosition;
+    for (const channel of activeChannels()) if (!channel.needsSnapshot) channel.position ??= connectionPosition;
     phase = 'catching-up';
     try {
       await catchUp(current);
@@ -288,14 +302,45 @@ export function createRelay(url, options = {}) {
     }
   }
 
-  // Deliver to each channel that is behind the connection what it missed, on its own.
+  // Load the snapshot of each channel that asked for one, then deliver to each channel
+  // that is behind the connection what it missed, on its own.
   async function catchUp(current) {
     for (;;) {
+      const pending = activeChannels().find((c) => c.needsSnapshot);
       const behind = activeChannels().find((c) => isAfter(connectionPosition, c.position));
-      if (!behind) return;
-      await catchUpChannel(behind, current);
+      if (pending) await loadSnapshot(pending, current);
+      else if (behind) await catchUpChannel(behind, current);
+      else return;
       if (current !== generation) return;
     }
+  }
+
+  async function loadSnapshot(channel, current) {
+    const request = buildRequest([channel]);
+    const params = request.params.filter(([key]) => key !== 'topic');
+    if (params.length) {
+      const token = await getToken();
+      if (current !== generation) return;
+      const controller = (pollAbort = new AbortController());
+      const response = await fetchJson('/v1/snapshot', params, {}, token, controller.signal);
+      if (current !== generation || !channels.has(channel)) return;
+      if (response.status === 401) {
+        refusal(response, current);
+        throw HANDLED;
+      }
+      if (response.status >= 400 && response.status < 500) {
+        setChannelState(channel, CHANNEL_ERROR, new Error(response.body?.message || `relay: ${response.status}`));
+        return;
+      }
+      if (response.status !== 200 || !response.body) throw new Error(`relay: ${response.status}`);
+      const position = String(response.body.position);
+      for (const item of response.body.rows) {
+        const message = { schema: item.schema, table: item.table, eventType: 'SNAPSHOT', new: item.row, old: {}, errors: null, id: position };
+        for (const binding of routeChange(request, item).get(channel) || []) call(binding.callback, message);
+      }
+      channel.position = position;
+    }
+    channel.needsSnapshot = false;
   }
 
   async function catchUpChannel(channel, current) {
@@ -360,7 +405,7 @@ export function createRelay(url, options = {}) {
 
   function startStream(current, isTrial, token) {
     // a channel subscribed with an old `since` meanwhile is caught up first, on its own
-    if (activeChannels().some((c) => isAfter(connectionPosition, c.position))) return connect();
+    if (activeChannels().some((c) => c.needsSnapshot || isAfter(connectionPosition, c.position))) return connect();
     joining = activeChannels();
     const request = buildRequest(joining);
     const from = earliest(joining.map((c) => c.position)) ?? connectionPosition;
@@ -466,7 +511,7 @@ export function createRelay(url, options = {}) {
         retryTimer = setTimeout(() => current === generation && connect(), tokenFailures > 1 ? 1000 : 0);
         return true;
       }
-      joining.forEach((c) => setChannelState(c, CHANNEL_ERROR, new Error('relay: token refused (401)')));
+      activeChannels().forEach((c) => setChannelState(c, CHANNEL_ERROR, new Error('relay: token refused (401)')));
       stop();
       setStatus(OFFLINE, null);
       return true;
@@ -554,6 +599,7 @@ export function createRelay(url, options = {}) {
       bindings: [],
       state: 'CLOSED',
       position: null,
+      needsSnapshot: false,
       callback: null,
       on(type, config, callback) {
         if (typeof config === 'function') [callback, config] = [config, {}];
@@ -561,11 +607,13 @@ export function createRelay(url, options = {}) {
         ch.bindings.push({ type, config: config || {}, callback });
         return ch;
       },
-      // Deliver from `since` (a position) if given, else from where the page is now.
+      // Deliver the rows as they are now with `snapshot: true`, else from `since` (a
+      // position) if given, else from where the page is now.
       subscribe(callback) {
         const since = channelOptions.since == null ? null : String(channelOptions.since);
         const laterThanPage = since != null && connectionPosition != null && isAfter(since, connectionPosition);
-        ch.position = since == null || laterThanPage ? connectionPosition : since;
+        ch.needsSnapshot = !!channelOptions.snapshot;
+        ch.position = ch.needsSnapshot ? null : since == null || laterThanPage ? connectionPosition : since;
         ch.callback = callback;
         ch.state = 'JOINING';
         closed = false;

@@ -14,7 +14,7 @@ Invariants:
 - Candidates are found by index (table -> owner -> subscribers), so the cost
   per change grows with the number of receivers, not of subscribers; a row
   change is routed once per group of receivers with identical routing inputs
-  (`Subscriber.group`), and each receiver gets what routing it alone would give.
+  (`Matcher.group`), and each receiver gets what routing it alone would give.
 """
 
 from __future__ import annotations
@@ -26,19 +26,14 @@ from typing import Any
 
 from relay.changes import (
     BROADCAST,
-    DELETE,
-    FULL,
-    INSERT,
     KEEPALIVE,
-    MOVED_IN,
-    MOVED_OUT,
     TRUNCATE,
-    UPDATE,
     Change,
     system_frame,
 )
+from relay.matching import Matcher
 from relay.principal import Principal
-from relay.subscriptions import RowSubscription, SubscriptionSet, union_of
+from relay.subscriptions import SubscriptionSet
 
 # Why a stream was closed by the server (also the metric label).
 TOO_SLOW = "TOO_SLOW"
@@ -55,9 +50,7 @@ class Subscriber:
     __slots__ = (
         "principal",
         "subs",
-        "_by_table",
-        "_unions",
-        "group",
+        "matcher",
         "topics",
         "outbox",
         "outbox_bytes",
@@ -87,20 +80,7 @@ class Subscriber:
     ) -> None:
         self.principal = principal
         self.subs = subs
-        by_table: dict[tuple[str, str], list[tuple[int, RowSubscription]]] = {}
-        for i, r in enumerate(subs.rows):
-            by_table.setdefault((r.table.schema, r.table.name), []).append((i, r))
-        self._by_table = {k: tuple(v) for k, v in by_table.items()}
-        self._unions: dict[tuple[int, ...], Any] = {}
-        # Everything a row change's routing reads, but the token's `sub`: two
-        # subscribers with equal groups get the same frame (or none) for any row
-        # change whose user columns do not name either of them. Tables by identity:
-        # subscriptions parsed against different catalog versions never share.
-        self.group: tuple[Any, ...] = (
-            principal.is_service,
-            None if principal.is_service else principal.orgs,
-            tuple((r.text, r.select, id(r.table)) for r in subs.rows),
-        )
+        self.matcher = Matcher(principal, subs)
         self.topics = frozenset(subs.topics)
         self.outbox: list[bytes] = []
         self.outbox_bytes = 0
@@ -121,76 +101,8 @@ class Subscriber:
         self.direct: Callable[[list[bytes]], bool] | None = None
 
     def route(self, change: Change) -> bytes | None:
-        """The frame this subscriber gets for `change`, or None if it gets nothing.
-
-        A row change goes out once, naming in `ids` every subscription of the
-        stream it satisfies (their numbers in request order), with the union of
-        their `select`s (all columns if any of them selects all)."""
-        kind = change.kind
-        p = self.principal
-        if kind == BROADCAST:
-            if change.topic not in self.topics:
-                return None
-            if self.subs.topic_floors and change.position <= self.subs.topic_floors.get(
-                change.topic or "", 0
-            ):
-                return None  # sent while the topic's row was someone else's (replay)
-            if (change.user_id is not None or change.org_id is not None) and not p.owns(
-                change.user_id, change.org_id
-            ):
-                return None
-            return change.broadcast_frame()
-        subs = self._by_table.get((change.schema or "", change.table or ""))
-        if subs is None:
-            return None
-        if kind == TRUNCATE:
-            return change.truncate_frame()
-        if kind == INSERT:
-            if not p.owns(change.user_id, change.org_id):
-                return None
-            variant, event_type, use_new = FULL, "INSERT", True
-        elif kind == UPDATE:
-            own_new = p.owns(change.user_id, change.org_id)
-            own_old = p.owns(change.old_user_id, change.old_org_id)
-            if own_new and own_old:
-                variant, event_type, use_new = FULL, "UPDATE", True
-            elif own_new:
-                variant, event_type, use_new = MOVED_IN, "INSERT", True
-            elif own_old:
-                variant, event_type, use_new = MOVED_OUT, "DELETE", False
-            else:
-                return None
-        elif kind == DELETE:
-            if not p.owns(change.user_id, change.org_id):
-                return None
-            variant, event_type, use_new = FULL, "DELETE", False
-        else:
-            return None
-        row: dict[str, Any] | None = None
-        first: RowSubscription | None = None
-        ids: list[int] | None = None
-        for i, s in subs:
-            if s.event != "*" and s.event != event_type:
-                continue
-            if s.filter is not None:
-                if row is None:
-                    row = change.new if use_new else change.old
-                if not s.filter.matches(row):
-                    continue
-            if first is None:
-                first, ids = s, [i]
-            else:
-                assert ids is not None
-                ids.append(i)
-        if first is None or ids is None:
-            return None
-        if len(ids) == 1:
-            return change.row_frame(variant, first.select, first.table.pk, (ids[0],))
-        key = tuple(ids)
-        select = self._unions.get(key, _UNKNOWN)
-        if select is _UNKNOWN:
-            select = self._unions[key] = union_of(self.subs.rows[i].select for i in key)
-        return change.row_frame(variant, select, first.table.pk, key)
+        """The frame this subscriber gets for `change` now, or None (see `Matcher`)."""
+        return self.matcher.route(change, self.topics)
 
     def push(self, frame: bytes) -> bool:
         """Queue a frame; True if the subscriber needs a wake-up for it."""
@@ -456,7 +368,7 @@ class Hub:
                 if uid is not None and uid in users:
                     frame = s.route(ch)
                 else:
-                    group = s.group
+                    group = s.matcher.group
                     frame = decided.get(group, _UNKNOWN)
                     if frame is _UNKNOWN:
                         frame = decided[group] = s.route(ch)

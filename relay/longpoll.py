@@ -1,7 +1,7 @@
 """`GET /v1/changes`: the stream's changes as JSON pages, for long-polling.
 
 Invariants: the same subscriptions, visibility and payload bytes as
-`/v1/stream` (a `Subscriber` that is never registered routes each change);
+`/v1/stream` (the same `Matcher` decides each change);
 `position` is the last position *scanned*, so a client that asks again with
 `after=position` skips nothing and sees nothing twice; a page cut at `limit`
 (`more: true`) can never change, since positions follow commit order, and
@@ -21,7 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relay import logdb
-from relay.hub import Hub, Subscriber
+from relay.hub import Hub
+from relay.matching import Matcher
 from relay.principal import Principal
 from relay.subscriptions import RequestError, SubscriptionSet
 
@@ -93,7 +94,7 @@ async def changes_page(
     after = _int_param(request, "after", head, 0, MAX_POSITION)
     if after < oldest or after > head:
         return _resync(head, oldest, "retention" if after < oldest else "ahead")
-    matcher = Subscriber(principal, subs, max_events=1, max_bytes=1)
+    matcher = Matcher(principal, subs)
     tables = sorted(subs.tables)
     topics = list(subs.topics)
     deadline = time.monotonic() + wait
@@ -143,7 +144,7 @@ def _resync(head: int, oldest: int, reason: str) -> Response:
 
 async def _scan(
     pool: asyncpg.Pool,
-    matcher: Subscriber,
+    matcher: Matcher,
     after: int,
     upto: int,
     limit: int,

@@ -128,3 +128,10 @@ def test_a_group_shares_one_decision_and_one_frame() -> None:
             Subscriber.route = original  # type: ignore[method-assign]
 
     asyncio.run(main())
+
+
+def test_routing_bench_runs_and_both_paths_deliver_everything() -> None:
+    from bench.routing import _measure
+
+    row = asyncio.run(_measure(20, 5, 1))  # asserts every receiver got every change
+    assert row["receivers"] == 20 and row["us_per_delivery_grouped"] > 0

@@ -74,13 +74,14 @@ def _database() -> Iterator[str]:
 
 
 def _head(dsn: str) -> int:
+    """Changes in the log (positions are sparse since 002: a block per transaction)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("select relay.current_position()").fetchone()
+        row = conn.execute("select count(*) from relay.changes").fetchone()
         return int(row[0] or 0) if row else 0
 
 
 def write_history(dsn: str, positions: int) -> int:
-    """Run the demo worker (fast) until the log holds `positions` positions."""
+    """Run the demo worker (fast) until the log holds `positions` changes."""
     from relay.demo import run_worker
 
     async def main() -> None:
@@ -127,13 +128,19 @@ def _serve(body: bytes) -> Any:
     return fulfill
 
 
-def _count_into(counts: list[int]) -> Any:
-    """A response handler adding the number of events of each /v1/changes answer."""
+def _count_into(counts: list[int], rows: list[int]) -> Any:
+    """A response handler adding the events of each /v1/changes answer (`counts`) and
+    the rows of each /v1/snapshot answer (`rows`)."""
 
     def on_response(response: Any) -> None:
-        if "/v1/changes" in response.url and response.status == 200:
+        if response.status != 200:
+            return
+        if "/v1/changes" in response.url:
             with contextlib.suppress(Exception):
                 counts.append(len(response.json().get("events", [])))
+        elif "/v1/snapshot" in response.url:
+            with contextlib.suppress(Exception):
+                rows.append(len(response.json().get("rows", [])))
 
     return on_response
 
@@ -163,7 +170,8 @@ def measure(port: int, token: str, loads: int, before: str | None) -> dict[str, 
                 for path, body in old.items():
                     page.route(f"{base}{path}", _serve(body))
                 json_events: list[int] = []
-                page.on("response", _count_into(json_events))
+                snapshot_rows: list[int] = []
+                page.on("response", _count_into(json_events, snapshot_rows))
                 opened = _metric(port, "relay_streams_opened_total")
                 replayed = _metric(port, "relay_replayed_events_total")
                 page.goto(f"{base}/?access_token={token}")
@@ -179,13 +187,22 @@ def measure(port: int, token: str, loads: int, before: str | None) -> dict[str, 
                     "stream_replayed_events": _metric(port, "relay_replayed_events_total")
                     - replayed,
                     "json_events": sum(json_events),
+                    "snapshot_rows": sum(snapshot_rows),
                 }
-                load["events_sent"] = load["stream_replayed_events"] + load["json_events"]
+                load["events_sent"] = (
+                    load["stream_replayed_events"] + load["json_events"] + load["snapshot_rows"]
+                )
                 per_load.append(load)
                 context.close()
         finally:
             browser.close()
-    keys = ("streams_opened", "stream_replayed_events", "json_events", "events_sent")
+    keys = (
+        "streams_opened",
+        "stream_replayed_events",
+        "json_events",
+        "snapshot_rows",
+        "events_sent",
+    )
     return {
         "loads": per_load,
         "mean": {k: sum(x[k] for x in per_load) / len(per_load) for k in keys},
@@ -196,24 +213,27 @@ def measure(port: int, token: str, loads: int, before: str | None) -> dict[str, 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.pageload", description=__doc__)
     parser.add_argument("--loads", type=int, default=10)
-    parser.add_argument("--positions", type=int, default=3500)
+    parser.add_argument("--positions", type=int, default=3500, help="changes in the log")
     parser.add_argument("--before", default="7e2e99e", help="commit of the 'before' client")
     args = parser.parse_args(argv)
     with _database() as dsn:
         head = write_history(dsn, args.positions)
         token = make_token(servers.SECRET, sub="demo-user", org_id="demo-org", ttl=3600)
-        results: dict[str, Any] = {"positions": head, "loads": args.loads, "before": args.before}
+        results: dict[str, Any] = {"changes": head, "loads": args.loads, "before": args.before}
         with servers.relay(dsn) as relay:
             results["before_issue_16"] = measure(relay.port, token, args.loads, args.before)
             results["after"] = measure(relay.port, token, args.loads, None)
-    print(f"dashboard page loads (first visits), log of {head} positions, demo-org viewer")
-    header = ("client", "streams/load", "SSE replayed", "JSON events", "sent/load")
-    print(f"{header[0]:<18}{header[1]:>14}{header[2]:>14}{header[3]:>13}{header[4]:>11}")
+    print(f"dashboard page loads (first visits), log of {head} changes, demo-org viewer")
+    header = ("client", "streams/load", "SSE replayed", "JSON events", "snapshot rows", "sent/load")
+    print(
+        f"{header[0]:<18}{header[1]:>14}{header[2]:>14}{header[3]:>13}{header[4]:>15}"
+        f"{header[5]:>11}"
+    )
     for label, key in ((f"before ({args.before})", "before_issue_16"), ("after", "after")):
         m = results[key]["mean"]
         print(
             f"{label:<18}{m['streams_opened']:>14.1f}{m['stream_replayed_events']:>14.0f}"
-            f"{m['json_events']:>13.0f}{m['events_sent']:>11.0f}"
+            f"{m['json_events']:>13.0f}{m['snapshot_rows']:>15.0f}{m['events_sent']:>11.0f}"
         )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "pageload.json").write_text(json.dumps(results, indent=2) + "\n")

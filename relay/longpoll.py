@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import Counter
+from contextlib import aclosing
 
 import asyncpg
 import orjson
@@ -22,6 +24,7 @@ from starlette.responses import Response
 
 from relay import logdb
 from relay.hub import Hub, Subscriber
+from relay.logreader import LONGPOLL, LogReader, Pruned
 from relay.principal import Principal
 from relay.subscriptions import RequestError, SubscriptionSet
 
@@ -29,10 +32,6 @@ MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 MAX_WAIT = 30.0
 MAX_POSITION = 2**63 - 1
-
-
-class Pruned(Exception):
-    """The page's range was pruned while it was read."""
 
 
 def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -83,6 +82,7 @@ async def changes_page(
     principal: Principal,
     subs: SubscriptionSet,
     read_batch: int,
+    reads: Counter[str] | None = None,
 ) -> Response:
     limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     wait = _wait_param(request)
@@ -94,6 +94,7 @@ async def changes_page(
     if after < oldest or after > head:
         return _resync(head, oldest, "retention" if after < oldest else "ahead")
     matcher = Subscriber(principal, subs, max_events=1, max_bytes=1)
+    reader = LogReader(pool, batch=read_batch, kind=LONGPOLL, reads=reads)
     tables = sorted(subs.tables)
     topics = list(subs.topics)
     deadline = time.monotonic() + wait
@@ -103,10 +104,10 @@ async def changes_page(
             # read only up to a settled head (the newer of ours and the listener's)
             head = max(head, hub.position)
             events, position, more = await _scan(
-                pool, matcher, position, head, limit, read_batch, tables, topics
+                reader, matcher, position, head, limit, tables, topics
             )
         except Pruned as exc:
-            return _resync(head, int(exc.args[0]), "retention")
+            return _resync(head, exc.oldest, "retention")
         if not more:
             position = max(position, head)  # everything up to head was scanned
         left = deadline - time.monotonic()
@@ -142,32 +143,24 @@ def _resync(head: int, oldest: int, reason: str) -> Response:
 
 
 async def _scan(
-    pool: asyncpg.Pool,
+    reader: LogReader,
     matcher: Subscriber,
     after: int,
     upto: int,
     limit: int,
-    read_batch: int,
     tables: list[tuple[str, str]],
     topics: list[str],
 ) -> tuple[list[bytes], int, bool]:
     """Matching events after `after`: (events, last position scanned, cut at limit)."""
     events: list[bytes] = []
     position = after
-    while True:
-        async with pool.acquire() as conn:
-            page = await logdb.read_changes(
-                conn, position, upto=upto, limit=read_batch, tables=tables, topics=topics
-            )
-            gone = await logdb.pruned_through(conn)
-            if gone > position:
-                raise Pruned(gone)
-        for ch in page.changes:
-            frame = matcher.route(ch)
-            if frame is not None:
-                events.append(_event_json(frame))
-                if len(events) == limit:
-                    return events, ch.position, True
-        position = max(position, page.scanned_to if page.more else upto)
-        if not page.more:
-            return events, position, False
+    async with aclosing(reader.pages(after, upto, tables=tables, topics=topics)) as pages:
+        async for page in pages:
+            for ch in page.changes:
+                frame = matcher.route(ch)
+                if frame is not None:
+                    events.append(_event_json(frame))
+                    if len(events) == limit:
+                        return events, ch.position, True
+            position = page.scanned_to
+    return events, max(position, upto), False

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from contextlib import aclosing
 from typing import Any
 
 import asyncpg
@@ -28,6 +29,7 @@ from starlette.types import Message, Receive, Scope, Send
 from relay import logdb
 from relay.changes import system_frame
 from relay.hub import CLIENT, Hub, Subscriber
+from relay.logreader import STREAM, LogReader, Pruned
 from relay.metrics import StreamStats
 from relay.principal import Principal
 from relay.snapshot import Snapshot, resume_marker, stream_snapshot
@@ -246,35 +248,32 @@ class EventStream:
         cursor, upto = after, start
         tables = sorted(self.subs.tables)
         topics = list(self.subs.topics)
+        reader = LogReader(
+            self.pool, batch=self.read_batch, kind=STREAM, reads=self.stats.log_reads
+        )
         while True:
-            while cursor < upto and not sub.closed:
-                async with self.pool.acquire() as conn:
-                    page = await logdb.read_changes(
-                        conn, cursor, upto=upto, limit=self.read_batch, tables=tables, topics=topics
-                    )
-                    gone = await logdb.pruned_through(conn)
-                if gone > cursor:  # pruned while replaying: these rows may be missing
-                    await self._send(
-                        send,
-                        [
-                            system_frame(
-                                {
-                                    "status": "RESYNC_REQUIRED",
-                                    "reason": "retention",
-                                    "oldest": gone + 1,
-                                    "position": upto,
-                                }
-                            )
-                        ],
-                    )
-                    cursor = upto
-                    continue
-                batch = [f for ch in page.changes if (f := sub.route(ch)) is not None]
-                if batch:
-                    self.sent += len(batch)
-                    self.stats.replayed += len(batch)
-                    await self._send(send, batch)
-                cursor = page.scanned_to if page.more else upto
+            try:
+                async with aclosing(
+                    reader.pages(cursor, upto, tables=tables, topics=topics)
+                ) as pages:
+                    async for page in pages:
+                        if sub.closed:
+                            break
+                        batch = [f for ch in page.changes if (f := sub.route(ch)) is not None]
+                        if batch:
+                            self.sent += len(batch)
+                            self.stats.replayed += len(batch)
+                            await self._send(send, batch)
+                        cursor = page.scanned_to
+            except Pruned as exc:  # pruned while replaying: these rows may be missing
+                resync = {
+                    "status": "RESYNC_REQUIRED",
+                    "reason": "retention",
+                    "oldest": exc.oldest + 1,
+                    "position": upto,
+                }
+                await self._send(send, [system_frame(resync)])
+                cursor = upto
             if sub.closed or not sub.take_overflow():
                 break
             cursor, upto = upto, hub.position  # live frames were dropped: read them instead

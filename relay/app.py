@@ -562,6 +562,7 @@ def create_app(relay: Relay, *, start: bool = True) -> ASGIApp:
                 principal=principal,
                 subs=subs,
                 read_batch=settings.read_batch,
+                max_bytes=settings.max_outbox_bytes,
                 reads=relay.stats.log_reads,
             )
         finally:

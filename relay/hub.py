@@ -67,6 +67,7 @@ class Subscriber:
         "_expiry",
         "on_server_close",
         "direct",
+        "poll",
     )
 
     def __init__(
@@ -103,6 +104,9 @@ class Subscriber:
         # writes frames to the connection now if it can take them without waiting
         # (set by the stream once it is live); None: always go through the writer task
         self.direct: Callable[[list[bytes]], bool] | None = None
+        # a waiting long-poll (Hub.register_poll): keeps the first frames up to its
+        # bounds and marks `overflowed` for the rest (it answers with a prefix)
+        self.poll = False
 
     def route(self, change: Change) -> bytes | None:
         """The frame this subscriber gets for `change`, or None if it gets nothing."""
@@ -159,6 +163,16 @@ class Subscriber:
         if self.closed:
             return False
         if self.overflowed:
+            return False
+        if (
+            self.poll
+            and self.outbox
+            and (
+                len(self.outbox) >= self.max_events
+                or self.outbox_bytes + len(frame) > self.max_bytes
+            )
+        ):
+            self.overflowed = True  # the frames kept are an exact prefix; the rest is read
             return False
         self.outbox.append(frame)
         self.outbox_bytes += len(frame)
@@ -226,6 +240,27 @@ class Subscriber:
                 self.last_activity = time.monotonic()
                 return
         self.wake()
+
+    def take(self) -> tuple[list[bytes], bool]:
+        """Long-poll: (the frames queued, whether frames after them were dropped); resets both."""
+        frames, dropped = self.outbox, self.overflowed
+        self.outbox = []
+        self.outbox_bytes = 0
+        self.overflowed = False
+        return frames, dropped
+
+    async def ready(self, seconds: float) -> bool:
+        """Long-poll: wait up to `seconds` for frames or a close, without taking them."""
+        if not self.outbox and not self.closed and seconds > 0:
+            loop = asyncio.get_running_loop()
+            self._waiter = loop.create_future()
+            timer = loop.call_later(seconds, self.wake)
+            try:
+                await self._waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        return bool(self.outbox) or self.overflowed or self.closed
 
     async def wait(self) -> tuple[list[bytes], bool]:
         """Wait for frames; returns (frames, closed). Frames are removed from the outbox."""
@@ -296,6 +331,8 @@ class Hub:
         self._tables: dict[tuple[str, str], _TableIndex] = {}
         self._topics: dict[str, set[Subscriber]] = {}
         self.subscribers: set[Subscriber] = set()
+        # waiting long-polls: routed like streams, but no keep-alives, expiry or slot count
+        self.polls: set[Subscriber] = set()
         self.delivered = 0
         self._advanced: asyncio.Future[None] | None = None
         self._per_user: dict[str, int] = {}
@@ -324,7 +361,38 @@ class Hub:
         self.subscribers.add(sub)
         if principal.sub is not None:
             self._per_user[principal.sub] = self._per_user.get(principal.sub, 0) + 1
-        for key in subs.tables:
+        self._index(sub)
+        if principal.exp is not None:
+            delay = max(0.0, principal.exp - expiry_margin - time.time())
+            sub._expiry = asyncio.get_running_loop().call_later(
+                delay, sub.close, TOKEN_EXPIRED, system_frame({"status": TOKEN_EXPIRED})
+            )
+        return sub
+
+    def register_poll(
+        self,
+        principal: Principal,
+        subs: SubscriptionSet,
+        *,
+        max_events: int,
+        max_bytes: int,
+        skip_through: int = 0,
+    ) -> Subscriber:
+        """Register a waiting long-poll (synchronously): from `self.position` on (and
+        above `skip_through`), it gets the frames a stream with `subs` would get, up to
+        `max_events`/`max_bytes` of them; beyond, `overflowed` says more were dropped.
+        Forget it with `unsubscribe`."""
+        sub = Subscriber(
+            principal, subs, max_events=max_events, max_bytes=max_bytes, skip_through=skip_through
+        )
+        sub.poll = True
+        self.polls.add(sub)
+        self._index(sub)
+        return sub
+
+    def _index(self, sub: Subscriber) -> None:
+        principal = sub.principal
+        for key in sub.subs.tables:
             idx = self._tables.get(key)
             if idx is None:
                 idx = self._tables[key] = _TableIndex()
@@ -336,17 +404,15 @@ class Hub:
                 idx.users.setdefault(principal.sub, set()).add(sub)
             for org in principal.orgs:
                 idx.orgs.setdefault(org, set()).add(sub)
-        for topic in subs.topics:
+        for topic in sub.subs.topics:
             self._topics.setdefault(topic, set()).add(sub)
-        if principal.exp is not None:
-            delay = max(0.0, principal.exp - expiry_margin - time.time())
-            sub._expiry = asyncio.get_running_loop().call_later(
-                delay, sub.close, TOKEN_EXPIRED, system_frame({"status": TOKEN_EXPIRED})
-            )
-        return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
-        """Forget a subscriber (idempotent)."""
+        """Forget a subscriber or long-poll (idempotent)."""
+        if sub in self.polls:
+            self.polls.discard(sub)
+            self._unindex(sub)
+            return
         if sub not in self.subscribers:
             return
         self.subscribers.discard(sub)
@@ -359,6 +425,9 @@ class Hub:
         if sub._expiry is not None:
             sub._expiry.cancel()
             sub._expiry = None
+        self._unindex(sub)
+
+    def _unindex(self, sub: Subscriber) -> None:
         p = sub.principal
         for key in sub.subs.tables:
             idx = self._tables.get(key)
@@ -438,12 +507,13 @@ class Hub:
 
     def stream_counts(self) -> dict[tuple[str, str], int]:
         """Open streams per subscribed table."""
-        return {key: len(idx.all) for key, idx in self._tables.items()}
+        counts = {key: sum(not s.poll for s in idx.all) for key, idx in self._tables.items()}
+        return {key: n for key, n in counts.items() if n}
 
     def resync_all(self, oldest: int) -> None:
         """Tell every stream that changes were lost to pruning: refetch, then live."""
         frame = system_frame({"status": "RESYNC_REQUIRED", "reason": "retention", "oldest": oldest})
-        for s in self.subscribers:
+        for s in (*self.subscribers, *self.polls):
             if s.push(frame):
                 s.wake()
 
@@ -470,7 +540,7 @@ class Hub:
     ) -> None:
         """Close every stream with a final `system` event (shutdown), with a `retry:` hint."""
         frame = system_frame(payload or {"status": reason}, retry_ms)
-        for s in list(self.subscribers):
+        for s in (*self.subscribers, *self.polls):
             s.close(reason, frame)
         self.closing = True  # long-polls waiting in wait_beyond return now
         adv = self._advanced

@@ -68,6 +68,9 @@ class Subscriber:
         "on_server_close",
         "direct",
         "poll",
+        "inflight",
+        "unsent",
+        "peak_held",
     )
 
     def __init__(
@@ -107,6 +110,12 @@ class Subscriber:
         # a waiting long-poll (Hub.register_poll): keeps the first frames up to its
         # bounds and marks `overflowed` for the rest (it answers with a prefix)
         self.poll = False
+        # bytes the writer took from the outbox and has not finished writing (`wait`)
+        self.inflight = 0
+        # bytes the connection holds, not yet sent (set by the stream: the transport's
+        # write buffer size); they count against max_bytes like the outbox
+        self.unsent: Callable[[], int] | None = None
+        self.peak_held = 0  # the most `held()` was when a frame was queued
 
     def route(self, change: Change) -> bytes | None:
         """The frame this subscriber gets for `change`, or None if it gets nothing."""
@@ -176,9 +185,8 @@ class Subscriber:
             return False
         self.outbox.append(frame)
         self.outbox_bytes += len(frame)
-        if len(self.outbox) > self.max_events or (
-            self.outbox_bytes > self.max_bytes and len(self.outbox) > 1
-        ):
+        held = self.held()
+        if len(self.outbox) > self.max_events or (held > self.max_bytes and len(self.outbox) > 1):
             if self.replaying:
                 self.overflowed = True
                 self.outbox = []
@@ -186,7 +194,20 @@ class Subscriber:
                 return False
             self.close(TOO_SLOW, system_frame({"status": TOO_SLOW}))
             return False
+        if held > self.peak_held:
+            self.peak_held = held
         return len(self.outbox) == 1
+
+    def held(self) -> int:
+        """Bytes this subscriber holds: queued, being written, and unsent in its connection."""
+        unsent = self.unsent
+        extra = 0
+        if unsent is not None:
+            try:
+                extra = unsent()
+            except Exception:  # a transport that went away holds nothing
+                extra = 0
+        return self.outbox_bytes + self.inflight + extra
 
     def take_overflow(self) -> bool:
         """While replaying: if live frames were dropped, reset and say so."""
@@ -262,8 +283,12 @@ class Subscriber:
                 self._waiter = None
         return bool(self.outbox) or self.overflowed or self.closed
 
-    async def wait(self) -> tuple[list[bytes], bool]:
-        """Wait for frames; returns (frames, closed). Frames are removed from the outbox."""
+    async def wait(self, max_bytes: int | None = None) -> tuple[list[bytes], bool]:
+        """Wait for frames; returns (frames, closed). Frames are removed from the outbox:
+        all of them, or with `max_bytes` a prefix of about that size (at least one frame),
+        the rest staying queued. What is taken counts as held (`inflight`) until the
+        next call, i.e. until the caller has written it."""
+        self.inflight = 0
         while not self.outbox and not self.closed:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -271,8 +296,20 @@ class Subscriber:
             finally:
                 self._waiter = None
         frames = self.outbox
-        self.outbox = []
-        self.outbox_bytes = 0
+        if max_bytes is not None and self.outbox_bytes > max_bytes and len(frames) > 1:
+            n = size = 0
+            for f in frames:
+                n += 1
+                size += len(f)
+                if size >= max_bytes:
+                    break
+            frames, self.outbox = frames[:n], frames[n:]
+            self.outbox_bytes -= size
+        else:
+            size = self.outbox_bytes
+            self.outbox = []
+            self.outbox_bytes = 0
+        self.inflight = size
         self.last_activity = time.monotonic()
         return frames, self.closed
 
@@ -504,6 +541,10 @@ class Hub:
     def streams_of(self, user: str) -> int:
         """Open streams of one token `sub`."""
         return self._per_user.get(user, 0)
+
+    def held_bytes(self) -> int:
+        """Bytes all open streams hold (outboxes, writes in progress, connection buffers)."""
+        return sum(s.held() for s in self.subscribers)
 
     def stream_counts(self) -> dict[tuple[str, str], int]:
         """Open streams per subscribed table."""

@@ -11,7 +11,13 @@ Invariants:
   the seam has no gap and no duplicate. If the outbox overflows during a long
   replay, the dropped live frames are re-read from the log instead.
 - One task per stream writes (plus one that only waits for the client to
-  go away); frames queued while a write is in progress go out together.
+  go away); frames queued while a write is in progress go out together, in
+  writes of about WRITE_CHUNK bytes: a reader that stopped reading holds one
+  such write, never a private copy of its whole outbox.
+- What the connection holds unsent counts against the outbox's max_bytes
+  (`Subscriber.unsent`), so a reader that stops reading reaches TOO_SLOW at a
+  bound that does not depend on how much it missed, and is cut `close_grace`
+  seconds later if it does not drain the closing frame.
 """
 
 from __future__ import annotations
@@ -44,6 +50,11 @@ TRANSPORT_KEY = "relay.transport"
 # Direct writes stop when this much is already waiting in the connection's buffer
 # (then the writer task takes over and waits for the client to drain it).
 DIRECT_WRITE_LIMIT = 64 * 1024
+
+# At most about this many bytes are joined into one write: a reader that stopped
+# reading holds one such write (plus what its connection buffers, which counts
+# against its outbox's max_bytes), never a copy of everything it missed.
+WRITE_CHUNK = 64 * 1024
 
 HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -138,6 +149,7 @@ class EventStream:
                 )
 
             sub.on_server_close = abort_later
+            sub.unsent = transport.get_write_buffer_size
         opened = time.monotonic()
         try:
             if not self.started:
@@ -196,9 +208,18 @@ class EventStream:
         return last, None
 
     async def _send(self, send: Send, frames: list[bytes]) -> None:
-        body = b"".join(frames)
-        self.stats.bytes_sent += len(body)
-        await send({"type": "http.response.body", "body": body, "more_body": True})
+        """Frames as writes of about WRITE_CHUNK bytes each (each awaited: the server
+        waits for the client to drain before it takes the next)."""
+        i, n = 0, len(frames)
+        while i < n:
+            j, size = i, 0
+            while j < n and (size < WRITE_CHUNK or j == i):
+                size += len(frames[j])
+                j += 1
+            body = frames[i] if j == i + 1 else b"".join(frames[i:j])
+            self.stats.bytes_sent += len(body)
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            i = j
 
     def _direct_writer(self, transport: Any) -> Callable[[list[bytes]], bool]:
         """Frames as one HTTP/1.1 chunk straight to the transport, when it has room.
@@ -210,6 +231,8 @@ class EventStream:
         def write(frames: list[bytes]) -> bool:
             if transport.is_closing() or transport.get_write_buffer_size() > DIRECT_WRITE_LIMIT:
                 return False
+            if len(frames) > 1 and sum(map(len, frames)) > WRITE_CHUNK:
+                return False  # the writer task sends it in bounded writes
             body = b"".join(frames)
             try:
                 transport.write(b"".join((b"%x\r\n" % len(body), body, b"\r\n")))
@@ -282,7 +305,7 @@ class EventStream:
             sub.direct = self._direct_writer(transport)
 
         while True:
-            frames, closed = await sub.wait()
+            frames, closed = await sub.wait(WRITE_CHUNK)
             if frames:
                 self.sent += len(frames)
                 await self._send(send, frames)

@@ -10,7 +10,13 @@ Invariants:
 - Publishing never awaits and never blocks on a socket: each subscriber has a
   bounded outbox of ready frames; one that overflows is closed with TOO_SLOW
   (or, while it is still replaying history, marked so its stream re-reads the
-  dropped range from the log).
+  dropped range from the log). The byte bound counts everything the subscriber
+  holds: its outbox, the write in progress and what its connection has not
+  sent yet (`Subscriber.held`), so a reader that stops reading is cut at a
+  bound that does not grow with what it missed.
+- A waiting long-poll is registered like a stream (`register_poll`, routed by
+  the same index and `route`), but keeps only the first frames up to its
+  bounds and marks the rest as dropped, for its request to read instead.
 - Candidates are found by index (table -> owner -> subscribers), so the cost
   per change grows with the number of receivers, not of subscribers.
 """
@@ -371,7 +377,6 @@ class Hub:
         # waiting long-polls: routed like streams, but no keep-alives, expiry or slot count
         self.polls: set[Subscriber] = set()
         self.delivered = 0
-        self._advanced: asyncio.Future[None] | None = None
         self._per_user: dict[str, int] = {}
         self.closing = False
 
@@ -517,26 +522,6 @@ class Hub:
         self.delivered += delivered
         for s in touched:
             s.flush()
-        adv = self._advanced
-        if adv is not None and not adv.done():
-            adv.set_result(None)
-        self._advanced = None
-
-    async def wait_beyond(self, position: int, seconds: float) -> bool:
-        """Wait until the hub has published past `position`; False after `seconds`."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while self.position <= position and not self.closing:
-            left = deadline - loop.time()
-            if left <= 0:
-                return False
-            if self._advanced is None or self._advanced.done():
-                self._advanced = loop.create_future()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._advanced), left)
-            except TimeoutError:
-                return False
-        return True
 
     def streams_of(self, user: str) -> int:
         """Open streams of one token `sub`."""
@@ -583,7 +568,4 @@ class Hub:
         frame = system_frame(payload or {"status": reason}, retry_ms)
         for s in (*self.subscribers, *self.polls):
             s.close(reason, frame)
-        self.closing = True  # long-polls waiting in wait_beyond return now
-        adv = self._advanced
-        if adv is not None and not adv.done():
-            adv.set_result(None)
+        self.closing = True  # long-polls that start now answer without waiting

@@ -26,7 +26,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from relay.app import Relay
 from relay.hub import SHUTDOWN
-from relay.stream import TRANSPORT_KEY
+from relay.stream import DRAIN_KEY, TRANSPORT_KEY
 
 log = logging.getLogger("relay.server")
 
@@ -106,6 +106,7 @@ class TransportExposingProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         extensions = cast(dict[str, Any], self.scope.setdefault("extensions", {}))
         extensions[TRANSPORT_KEY] = self.transport
+        extensions[DRAIN_KEY] = self.flow.drain  # returns once the transport takes writes
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()

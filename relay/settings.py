@@ -56,7 +56,10 @@ class Settings(BaseSettings):
         default=10_000, ge=1, description="per stream, events queued before TOO_SLOW"
     )
     max_outbox_bytes: int = Field(
-        default=8 * 1024 * 1024, ge=1024, description="per stream, bytes queued before TOO_SLOW"
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="per stream, bytes held (queued, being written, unsent in the connection) "
+        "before TOO_SLOW",
     )
     close_grace_seconds: float = Field(
         default=5.0, gt=0, description="a server-closed stream that has not drained is cut"

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -46,6 +46,11 @@ log = logging.getLogger("relay.stream")
 # The ASGI scope extension where the server puts the connection's transport
 # (relay.server.TransportExposingProtocol); absent under other servers.
 TRANSPORT_KEY = "relay.transport"
+# ... and an awaitable that returns once the transport takes writes again (uvicorn's
+# flow control): the writer waits on it *before* taking frames from the outbox, so
+# what a stalled reader holds stays in its outbox (shared frames), not in a private
+# write waiting for the peer.
+DRAIN_KEY = "relay.drain"
 
 # Direct writes stop when this much is already waiting in the connection's buffer
 # (then the writer task takes over and waits for the client to drain it).
@@ -138,6 +143,7 @@ class EventStream:
         self.stats.opened += 1
         abort_timer: list[asyncio.TimerHandle] = []
         transport = scope.get("extensions", {}).get(TRANSPORT_KEY)
+        drain = scope.get("extensions", {}).get(DRAIN_KEY)
         if scope.get("method") != "GET" or scope.get("http_version") != "1.1":
             transport = None  # direct chunk writes only where uvicorn chunks the body
         if transport is not None:
@@ -161,7 +167,7 @@ class EventStream:
                     }
                 )
             try:
-                await self._run(sub, start, after, resync, send, transport)
+                await self._run(sub, start, after, resync, send, transport, drain)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 # The client reconnects (retry:) and resumes from its last id.
                 log.warning("stream ended by database error: %s", type(exc).__name__)
@@ -252,6 +258,7 @@ class EventStream:
         resync: dict[str, Any] | None,
         send: Send,
         transport: Any = None,
+        drain: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         hub = self.hub
         hello: dict[str, Any] = {
@@ -305,6 +312,8 @@ class EventStream:
             sub.direct = self._direct_writer(transport)
 
         while True:
+            if drain is not None and not sub.closed:
+                await drain()  # frames wait in the outbox until the connection takes them
             frames, closed = await sub.wait(WRITE_CHUNK)
             if frames:
                 self.sent += len(frames)

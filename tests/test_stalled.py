@@ -88,3 +88,19 @@ def test_stalled_readers_are_cut_at_a_bounded_size(
     finally:
         for s in stalled:
             s.close()
+
+
+def test_connections_have_a_bounded_kernel_send_buffer(
+    bounded_relay: RelayServer, make_table: Any
+) -> None:
+    """The kernel holds at most about 2 x RELAY_SEND_BUFFER_BYTES for a reader, not 4 MB."""
+    t = make_table("id int primary key, org_id text")
+    hub = bounded_relay.relay.hub
+    with bounded_relay.open({"sub": t}):
+        (sub,) = hub.subscribers
+        assert sub.unsent is not None
+        transport = sub.unsent.__self__  # type: ignore[attr-defined]
+        sock = transport.get_extra_info("socket")
+        size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        want = bounded_relay.relay.settings.send_buffer_bytes
+        assert want > 0 and want <= size <= 2 * want

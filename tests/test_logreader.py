@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import asyncpg
+import psycopg
 import pytest
 
 from relay.logreader import LogReader, Pruned
@@ -55,14 +56,17 @@ def test_nothing_to_read_is_no_read(dsn: str, db: Any) -> None:
     assert run(go()) == 0
 
 
-def test_a_pruned_range_raises_pruned(dsn: str, db: Any, make_table: Any) -> None:
-    t = make_table("id int primary key, org_id text")
-    start = db.execute("select relay.current_position()").fetchone()[0]
-    db.execute(f"insert into {t} values (1, 'o')")
-    db.execute(f"insert into {t} values (2, 'o')")
-    db.execute("select relay.prune('100 years', 1, 100000)")
-    gone = db.execute("select pruned_through from relay.meta").fetchone()[0]
-    head = db.execute("select relay.current_position()").fetchone()[0]
+def test_a_pruned_range_raises_pruned(private_dsn: str) -> None:
+    dsn = private_dsn
+    with psycopg.connect(dsn, autocommit=True) as db:
+        db.execute("create table p (id int primary key, org_id text)")
+        db.execute("select relay.watch('public.p')")
+        start = db.execute("select relay.current_position()").fetchone()[0]
+        db.execute("insert into p values (1, 'o')")
+        db.execute("insert into p values (2, 'o')")
+        db.execute("select relay.prune('100 years', 1, 100000)")
+        gone = db.execute("select pruned_through from relay.meta").fetchone()[0]
+        head = db.execute("select relay.current_position()").fetchone()[0]
     assert start < gone < head
 
     async def go() -> None:
@@ -74,7 +78,7 @@ def test_a_pruned_range_raises_pruned(dsn: str, db: Any, make_table: Any) -> Non
             assert exc.value.oldest == gone
             # from the oldest kept position on, the rest reads normally
             rest = [ch async for p in reader.pages(gone, head) for ch in p.changes]
-            assert [ch.new["id"] for ch in rest if ch.table == t] == [2]
+            assert [ch.new["id"] for ch in rest] == [2]
         finally:
             await conn.close()
 

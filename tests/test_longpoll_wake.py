@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from tests.conftest import RelayServer
+from tests.conftest import RelayServer, start_relay
 
 
 def poll(srv: RelayServer, params: dict[str, Any], token: str | None = None) -> Any:
@@ -117,17 +117,26 @@ def test_a_waiting_poll_answers_by_its_tokens_exp(
 
 
 def test_a_waiting_poll_is_told_of_changes_pruned_before_they_were_read(
-    relay_server: RelayServer, dsn: str, db: Any, make_table: Any
+    private_dsn: str,
 ) -> None:
-    a = make_table("id int primary key, org_id text")
-    relay_server.caught_up(db)
-    hub = relay_server.relay.hub
-    with ThreadPoolExecutor(1) as pool, psycopg.connect(dsn) as dba:
-        answer = pool.submit(poll, relay_server, {"sub": a, "wait": 20})
-        wait_for(lambda: len(hub.polls) == 1)
-        dba.execute("lock table relay.meta in access exclusive mode")  # holds the relay back
-        db.execute(f"insert into {a} values (1, 'o')")
-        dba.execute("select relay.prune('100 years', 0, 100000)")
-        dba.commit()
-        page = answer.result(timeout=20)
-    assert page["resync_required"] is True and page["reason"] == "retention"
+    # its own database: pruning the shared one would take the other tests' history
+    srv = start_relay(private_dsn)
+    try:
+        with (
+            psycopg.connect(private_dsn, autocommit=True) as db,
+            psycopg.connect(private_dsn) as dba,
+            ThreadPoolExecutor(1) as pool,
+        ):
+            db.execute("create table a (id int primary key, org_id text)")
+            db.execute("select relay.watch('public.a')")
+            srv.caught_up(db)
+            answer = pool.submit(poll, srv, {"sub": "a", "wait": 20})
+            wait_for(lambda: len(srv.relay.hub.polls) == 1)
+            dba.execute("lock table relay.meta in access exclusive mode")  # holds the relay back
+            db.execute("insert into a values (1, 'o')")
+            dba.execute("select relay.prune('100 years', 0, 100000)")
+            dba.commit()
+            page = answer.result(timeout=20)
+        assert page["resync_required"] is True and page["reason"] == "retention"
+    finally:
+        srv.stop()

@@ -44,6 +44,7 @@ from relay.dsn import as_url
 from relay.hub import SHUTDOWN
 from relay.limits import Slot, StreamSlots, limit_key
 from relay.listener import Listener
+from relay.logreader import FLOORS, LogReader, Pruned
 from relay.longpoll import changes_page
 from relay.metrics import StreamStats, parse_address, registry_for, serve_metrics
 from relay.principal import Principal
@@ -131,6 +132,7 @@ class Relay:
         self._catalog_lock = asyncio.Lock()
         self._told: set[tuple[int, str]] = set()
         self._pool: asyncpg.Pool | None = None
+        self.stats = StreamStats()
         self.listener = Listener(
             dsn,
             self.hub,
@@ -139,11 +141,11 @@ class Relay:
             ready_max_lag=settings.ready_max_lag,
             on_catalog_change=self.refresh_catalog,
             application_name=settings.application_name,
+            reads=self.stats.log_reads,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self.demo_secret: str | None = None  # set in demo mode only
         self.prune_runs = 0
-        self.stats = StreamStats()
         self.last_head = 0
         self.metrics = registry_for(self)
         self.snapshot_gate = asyncio.Semaphore(settings.snapshot_concurrency)
@@ -313,19 +315,22 @@ class Relay:
             return subs
         tables = sorted(families)
         floors: dict[str, int] = {}
+        reader = LogReader(
+            self.pool, batch=self.settings.read_batch, kind=FLOORS, reads=self.stats.log_reads
+        )
         cursor = after
-        async with self.pool.acquire() as conn:
-            while True:
-                page = await logdb.read_changes(
-                    conn, cursor, limit=self.settings.read_batch, tables=tables, topics=[]
-                )
-                for topic, pos in replay_floors(
-                    page.changes, principal, families, subs.topics
-                ).items():
-                    floors[topic] = max(floors.get(topic, 0), pos)
-                cursor = page.scanned_to
-                if not page.more:
-                    break
+        while True:
+            try:
+                async for page in reader.pages(cursor, tables=tables, topics=[]):
+                    for topic, pos in replay_floors(
+                        page.changes, principal, families, subs.topics
+                    ).items():
+                        floors[topic] = max(floors.get(topic, 0), pos)
+                    cursor = page.scanned_to
+            except Pruned as exc:  # the stream resyncs; floors come from what is left
+                cursor = max(cursor, exc.oldest)
+                continue
+            break
         return dataclasses.replace(subs, topic_floors=floors) if floors else subs
 
     async def render_metrics(self) -> bytes:
@@ -557,6 +562,8 @@ def create_app(relay: Relay, *, start: bool = True) -> ASGIApp:
                 principal=principal,
                 subs=subs,
                 read_batch=settings.read_batch,
+                max_bytes=settings.max_outbox_bytes,
+                reads=relay.stats.log_reads,
             )
         finally:
             if slot is not None:

@@ -10,7 +10,13 @@ Invariants:
 - Publishing never awaits and never blocks on a socket: each subscriber has a
   bounded outbox of ready frames; one that overflows is closed with TOO_SLOW
   (or, while it is still replaying history, marked so its stream re-reads the
-  dropped range from the log).
+  dropped range from the log). The byte bound counts everything the subscriber
+  holds: its outbox, the write in progress and what its connection has not
+  sent yet (`Subscriber.held`), so a reader that stops reading is cut at a
+  bound that does not grow with what it missed.
+- A waiting long-poll is registered like a stream (`register_poll`, routed by
+  the same index and `route`), but keeps only the first frames up to its
+  bounds and marks the rest as dropped, for its request to read instead.
 - Candidates are found by index (table -> owner -> subscribers), so the cost
   per change grows with the number of receivers, not of subscribers; a row
   change is routed once per group of receivers with identical routing inputs
@@ -66,6 +72,10 @@ class Subscriber:
         "_expiry",
         "on_server_close",
         "direct",
+        "poll",
+        "inflight",
+        "unsent",
+        "peak_held",
     )
 
     def __init__(
@@ -99,6 +109,15 @@ class Subscriber:
         # writes frames to the connection now if it can take them without waiting
         # (set by the stream once it is live); None: always go through the writer task
         self.direct: Callable[[list[bytes]], bool] | None = None
+        # a waiting long-poll (Hub.register_poll): keeps the first frames up to its
+        # bounds and marks `overflowed` for the rest (it answers with a prefix)
+        self.poll = False
+        # bytes the writer took from the outbox and has not finished writing (`wait`)
+        self.inflight = 0
+        # bytes the connection holds, not yet sent (set by the stream: the transport's
+        # write buffer size); they count against max_bytes like the outbox
+        self.unsent: Callable[[], int] | None = None
+        self.peak_held = 0  # the most `held()` was when a frame was queued
 
     def route(self, change: Change) -> bytes | None:
         """The frame this subscriber gets for `change` now, or None (see `Matcher`)."""
@@ -110,11 +129,20 @@ class Subscriber:
             return False
         if self.overflowed:
             return False
+        if (
+            self.poll
+            and self.outbox
+            and (
+                len(self.outbox) >= self.max_events
+                or self.outbox_bytes + len(frame) > self.max_bytes
+            )
+        ):
+            self.overflowed = True  # the frames kept are an exact prefix; the rest is read
+            return False
         self.outbox.append(frame)
         self.outbox_bytes += len(frame)
-        if len(self.outbox) > self.max_events or (
-            self.outbox_bytes > self.max_bytes and len(self.outbox) > 1
-        ):
+        held = self.held()
+        if len(self.outbox) > self.max_events or (held > self.max_bytes and len(self.outbox) > 1):
             if self.replaying:
                 self.overflowed = True
                 self.outbox = []
@@ -122,7 +150,20 @@ class Subscriber:
                 return False
             self.close(TOO_SLOW, system_frame({"status": TOO_SLOW}))
             return False
+        if held > self.peak_held:
+            self.peak_held = held
         return len(self.outbox) == 1
+
+    def held(self) -> int:
+        """Bytes this subscriber holds: queued, being written, and unsent in its connection."""
+        unsent = self.unsent
+        extra = 0
+        if unsent is not None:
+            try:
+                extra = unsent()
+            except Exception:  # a transport that went away holds nothing
+                extra = 0
+        return self.outbox_bytes + self.inflight + extra
 
     def take_overflow(self) -> bool:
         """While replaying: if live frames were dropped, reset and say so."""
@@ -177,8 +218,33 @@ class Subscriber:
                 return
         self.wake()
 
-    async def wait(self) -> tuple[list[bytes], bool]:
-        """Wait for frames; returns (frames, closed). Frames are removed from the outbox."""
+    def take(self) -> tuple[list[bytes], bool]:
+        """Long-poll: (the frames queued, whether frames after them were dropped); resets both."""
+        frames, dropped = self.outbox, self.overflowed
+        self.outbox = []
+        self.outbox_bytes = 0
+        self.overflowed = False
+        return frames, dropped
+
+    async def ready(self, seconds: float) -> bool:
+        """Long-poll: wait up to `seconds` for frames or a close, without taking them."""
+        if not self.outbox and not self.closed and seconds > 0:
+            loop = asyncio.get_running_loop()
+            self._waiter = loop.create_future()
+            timer = loop.call_later(seconds, self.wake)
+            try:
+                await self._waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        return bool(self.outbox) or self.overflowed or self.closed
+
+    async def wait(self, max_bytes: int | None = None) -> tuple[list[bytes], bool]:
+        """Wait for frames; returns (frames, closed). Frames are removed from the outbox:
+        all of them, or with `max_bytes` a prefix of about that size (at least one frame),
+        the rest staying queued. What is taken counts as held (`inflight`) until the
+        next call, i.e. until the caller has written it."""
+        self.inflight = 0
         while not self.outbox and not self.closed:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -186,8 +252,20 @@ class Subscriber:
             finally:
                 self._waiter = None
         frames = self.outbox
-        self.outbox = []
-        self.outbox_bytes = 0
+        if max_bytes is not None and self.outbox_bytes > max_bytes and len(frames) > 1:
+            n = size = 0
+            for f in frames:
+                n += 1
+                size += len(f)
+                if size >= max_bytes:
+                    break
+            frames, self.outbox = frames[:n], frames[n:]
+            self.outbox_bytes -= size
+        else:
+            size = self.outbox_bytes
+            self.outbox = []
+            self.outbox_bytes = 0
+        self.inflight = size
         self.last_activity = time.monotonic()
         return frames, self.closed
 
@@ -246,8 +324,9 @@ class Hub:
         self._tables: dict[tuple[str, str], _TableIndex] = {}
         self._topics: dict[str, set[Subscriber]] = {}
         self.subscribers: set[Subscriber] = set()
+        # waiting long-polls: routed like streams, but no keep-alives, expiry or slot count
+        self.polls: set[Subscriber] = set()
         self.delivered = 0
-        self._advanced: asyncio.Future[None] | None = None
         self._per_user: dict[str, int] = {}
         self.closing = False
 
@@ -274,7 +353,38 @@ class Hub:
         self.subscribers.add(sub)
         if principal.sub is not None:
             self._per_user[principal.sub] = self._per_user.get(principal.sub, 0) + 1
-        for key in subs.tables:
+        self._index(sub)
+        if principal.exp is not None:
+            delay = max(0.0, principal.exp - expiry_margin - time.time())
+            sub._expiry = asyncio.get_running_loop().call_later(
+                delay, sub.close, TOKEN_EXPIRED, system_frame({"status": TOKEN_EXPIRED})
+            )
+        return sub
+
+    def register_poll(
+        self,
+        principal: Principal,
+        subs: SubscriptionSet,
+        *,
+        max_events: int,
+        max_bytes: int,
+        skip_through: int = 0,
+    ) -> Subscriber:
+        """Register a waiting long-poll (synchronously): from `self.position` on (and
+        above `skip_through`), it gets the frames a stream with `subs` would get, up to
+        `max_events`/`max_bytes` of them; beyond, `overflowed` says more were dropped.
+        Forget it with `unsubscribe`."""
+        sub = Subscriber(
+            principal, subs, max_events=max_events, max_bytes=max_bytes, skip_through=skip_through
+        )
+        sub.poll = True
+        self.polls.add(sub)
+        self._index(sub)
+        return sub
+
+    def _index(self, sub: Subscriber) -> None:
+        principal = sub.principal
+        for key in sub.subs.tables:
             idx = self._tables.get(key)
             if idx is None:
                 idx = self._tables[key] = _TableIndex()
@@ -286,17 +396,15 @@ class Hub:
                 idx.users.setdefault(principal.sub, set()).add(sub)
             for org in principal.orgs:
                 idx.orgs.setdefault(org, set()).add(sub)
-        for topic in subs.topics:
+        for topic in sub.subs.topics:
             self._topics.setdefault(topic, set()).add(sub)
-        if principal.exp is not None:
-            delay = max(0.0, principal.exp - expiry_margin - time.time())
-            sub._expiry = asyncio.get_running_loop().call_later(
-                delay, sub.close, TOKEN_EXPIRED, system_frame({"status": TOKEN_EXPIRED})
-            )
-        return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
-        """Forget a subscriber (idempotent)."""
+        """Forget a subscriber or long-poll (idempotent)."""
+        if sub in self.polls:
+            self.polls.discard(sub)
+            self._unindex(sub)
+            return
         if sub not in self.subscribers:
             return
         self.subscribers.discard(sub)
@@ -309,6 +417,9 @@ class Hub:
         if sub._expiry is not None:
             sub._expiry.cancel()
             sub._expiry = None
+        self._unindex(sub)
+
+    def _unindex(self, sub: Subscriber) -> None:
         p = sub.principal
         for key in sub.subs.tables:
             idx = self._tables.get(key)
@@ -356,7 +467,7 @@ class Hub:
                         if s.push(frame):
                             touched.append(s)
                 continue
-            # Row change: one decision per routing group (see Subscriber.group),
+            # Row change: one decision per routing group (see Matcher.group),
             # except for receivers the change's user column names, who may own it
             # where the rest of their group does not.
             decided: dict[tuple[Any, ...], bytes | None] = {}
@@ -383,39 +494,24 @@ class Hub:
         self.delivered += delivered
         for s in touched:
             s.flush()
-        adv = self._advanced
-        if adv is not None and not adv.done():
-            adv.set_result(None)
-        self._advanced = None
-
-    async def wait_beyond(self, position: int, seconds: float) -> bool:
-        """Wait until the hub has published past `position`; False after `seconds`."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while self.position <= position and not self.closing:
-            left = deadline - loop.time()
-            if left <= 0:
-                return False
-            if self._advanced is None or self._advanced.done():
-                self._advanced = loop.create_future()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._advanced), left)
-            except TimeoutError:
-                return False
-        return True
 
     def streams_of(self, user: str) -> int:
         """Open streams of one token `sub`."""
         return self._per_user.get(user, 0)
 
+    def held_bytes(self) -> int:
+        """Bytes all open streams hold (outboxes, writes in progress, connection buffers)."""
+        return sum(s.held() for s in self.subscribers)
+
     def stream_counts(self) -> dict[tuple[str, str], int]:
         """Open streams per subscribed table."""
-        return {key: len(idx.all) for key, idx in self._tables.items()}
+        counts = {key: sum(not s.poll for s in idx.all) for key, idx in self._tables.items()}
+        return {key: n for key, n in counts.items() if n}
 
     def resync_all(self, oldest: int) -> None:
         """Tell every stream that changes were lost to pruning: refetch, then live."""
         frame = system_frame({"status": "RESYNC_REQUIRED", "reason": "retention", "oldest": oldest})
-        for s in self.subscribers:
+        for s in (*self.subscribers, *self.polls):
             if s.push(frame):
                 s.wake()
 
@@ -442,9 +538,6 @@ class Hub:
     ) -> None:
         """Close every stream with a final `system` event (shutdown), with a `retry:` hint."""
         frame = system_frame(payload or {"status": reason}, retry_ms)
-        for s in list(self.subscribers):
+        for s in (*self.subscribers, *self.polls):
             s.close(reason, frame)
-        self.closing = True  # long-polls waiting in wait_beyond return now
-        adv = self._advanced
-        if adv is not None and not adv.done():
-            adv.set_result(None)
+        self.closing = True  # long-polls that start now answer without waiting

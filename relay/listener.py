@@ -19,6 +19,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -26,6 +27,7 @@ import asyncpg
 
 from relay import logdb
 from relay.hub import Hub
+from relay.logreader import LISTENER, LogReader, Pruned
 
 log = logging.getLogger("relay.listener")
 
@@ -46,6 +48,7 @@ class Listener:
         ready_max_lag: float = 5.0,
         on_catalog_change: Callable[[], Coroutine[Any, Any, None]] | None = None,
         application_name: str = "relay",
+        reads: Counter[str] | None = None,
     ) -> None:
         self._dsn = dsn
         self._hub = hub
@@ -62,6 +65,7 @@ class Listener:
         self.reconnects = 0
         self.changes_read = 0
         self._reported_at = 0.0
+        self.reads: Counter[str] = reads if reads is not None else Counter()  # log reads by kind
 
     @property
     def ready(self) -> bool:
@@ -145,28 +149,27 @@ class Listener:
     async def _catch_up(self, conn: asyncpg.Connection) -> None:
         assert self.position is not None
         head = await logdb.settle(conn, self.position)
+        reader = LogReader(conn, batch=self._batch, kind=LISTENER, reads=self.reads)
         while True:
-            page = await logdb.read_changes(conn, self.position, upto=head, limit=self._batch)
-            if page.pruned_through > self.position:
+            try:
+                async for page in reader.pages(self.position, head):
+                    if page.scanned_to > self.position:
+                        self.position = page.scanned_to
+                        self.changes_read += len(page.changes)
+                        self._hub.publish(page.changes, self.position)
+            except Pruned as exc:
                 # Pruning removed changes this relay had not read yet (retention
                 # shorter than the lag): live streams cannot have them. Tell every
                 # stream to resync; from here on, read on after the pruned range.
-                pruned = max(page.pruned_through, await logdb.pruned_through(conn))
                 log.warning("changes were pruned before they were read; streams resync")
-                self._hub.resync_all(pruned + 1)
-                self.position = max(self.position, pruned)
+                self._hub.resync_all(exc.oldest + 1)
+                self.position = max(self.position, exc.oldest)
                 self._hub.publish([], self.position)
                 continue
-            scanned = page.scanned_to if page.more else head
-            if scanned > self.position:
-                self.position = scanned
-                self.changes_read += len(page.changes)
-                self._hub.publish(page.changes, self.position)
-            if not page.more:
-                self.caught_up_at = time.monotonic()
-                if self.caught_up_at - self._reported_at > 1.0:
-                    await self._report(conn)
-                return
+            self.caught_up_at = time.monotonic()
+            if self.caught_up_at - self._reported_at > 1.0:
+                await self._report(conn)
+            return
 
     async def _report(self, conn: asyncpg.Connection) -> None:
         """Show the position read in pg_stat_activity (`relay status` computes lag from it),

@@ -23,33 +23,60 @@ from relay.columns import Column
 
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
-# How far the log was pruned, and the batches that hold positions after $1
-# (at most $3 of them, in order; one row with NULLs when there are none).
-_BATCHES = """
-select m.pruned_through, b.id, b.base, b.last_pos
-  from relay.meta m
-  left join lateral (
-        select id, base, last_pos from relay.batches
+# One statement (one snapshot): how far the log was pruned, and the changes of
+# the next $3 positions after $1 (and <= $2), in order. The batches covering
+# them come from an index range scan on last_pos (at most $3: each holds at
+# least one position; their sizes are known from their bounds), their changes
+# by (batch, ord) range. Every row repeats the page's bounds; a page without
+# changes is one row with NULL change columns. Because the prune bound and the
+# changes are read from the same snapshot, "nothing after $1 was pruned" and
+# "these are all the changes" are true together (relay.prune raises
+# pruned_through in the transaction that deletes the batches).
+_PAGE = """
+with fetched as (
+        select id, base, last_pos, committed_at,
+               greatest(base, $1 + 1) as lo, least(last_pos, $2) as hi
+          from relay.batches
          where last_pos > $1 and base <= $2
          order by last_pos
-         limit $3) b on true
- order by b.last_pos
+         limit $3),
+     usable as (
+        select f.*, coalesce(sum(hi - lo + 1) over (
+                   order by last_pos rows between unbounded preceding and 1 preceding), 0)::bigint
+                   as before
+          from fetched f
+         where hi >= lo),
+     taken as (
+        select id, base, committed_at, lo, hi, least(hi, lo + ($3 - before) - 1) as e
+          from usable
+         where before < $3),
+     page as (
+        select coalesce(max(e), $1) as end_pos,
+               coalesce(sum(e - lo + 1), 0)::bigint as covered,
+               count(*) > 0 and (
+                   (select count(*) from fetched) = $3
+                   or bool_or(e < hi)
+                   or exists (select 1 from usable where before >= $3)) as more,
+               array_agg(id) as ids
+          from taken)
+select m.pruned_through, p.end_pos, p.covered, p.more, c.*
+  from relay.meta m
+ cross join page p
+  left join lateral (
+        select t.base + c.ord - 1 as pos, c.kind::text, c.schema_name, c.table_name, c.topic,
+               c.event, c.user_id, c.org_id, c.old_user_id, c.old_org_id, c.new::text,
+               c.old::text,
+               to_char(t.committed_at at time zone 'UTC',
+                       'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as ts
+          from taken t
+          join relay.changes c
+            on c.batch = t.id and c.ord >= t.lo - t.base + 1 and c.ord <= t.e - t.base + 1
+         where true {extra}) c on true
+ order by c.pos
 """
 
-# The changes of those batches with $2 < position <= $3 (index range scans).
-_READ = """
-select b.base + c.ord - 1 as pos, c.kind::text, c.schema_name, c.table_name, c.topic, c.event,
-       c.user_id, c.org_id, c.old_user_id, c.old_org_id, c.new::text, c.old::text,
-       to_char(b.committed_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as ts
-  from relay.batches b
-  join relay.changes c
-    on c.batch = b.id and c.ord > $2 - b.base + 1 and c.ord <= $3 - b.base + 1
- where b.id = any ($1::bigint[]) {extra}
- order by b.last_pos, c.ord
-"""
-
-_READ_ALL = _READ.format(extra="")
-_READ_SOME = _READ.format(
+_PAGE_ALL = _PAGE.format(extra="")
+_PAGE_SOME = _PAGE.format(
     extra="and ((c.kind = 'B' and c.topic = any($5::text[])) or "
     "(c.kind <> 'B' and (c.schema_name || '.' || c.table_name) = any($4::text[])))"
 )
@@ -77,19 +104,19 @@ MAX_POSITION = 2**63 - 1
 
 def _to_change(r: asyncpg.Record) -> Change:
     return Change(
-        position=r[0],
-        kind=r[1],
-        schema=r[2],
-        table=r[3],
-        topic=r[4],
-        event=r[5],
-        user_id=r[6],
-        org_id=r[7],
-        old_user_id=r[8],
-        old_org_id=r[9],
-        new_text=r[10],
-        old_text=r[11],
-        commit_timestamp=r[12],
+        position=r[4],
+        kind=r[5],
+        schema=r[6],
+        table=r[7],
+        topic=r[8],
+        event=r[9],
+        user_id=r[10],
+        org_id=r[11],
+        old_user_id=r[12],
+        old_org_id=r[13],
+        new_text=r[14],
+        old_text=r[15],
+        commit_timestamp=r[16],
     )
 
 
@@ -102,45 +129,31 @@ async def read_changes(
     tables: Sequence[tuple[str, str]] | None = None,
     topics: Sequence[str] | None = None,
 ) -> Page:
-    """At most `limit` positions after `after` (and <= `upto`), in order.
+    """At most `limit` positions after `after` (and <= `upto`), in order, with
+    how far the log was pruned as seen by the same statement (`pruned_through`).
 
-    Two index-driven queries: the batches covering the next `limit` positions
-    (batch sizes are known from their bounds), then their changes by
-    (batch, ord) range, so a read costs O(limit) however large one
-    transaction was or how far behind the reader is.
+    One index-driven statement: the batches covering the next `limit`
+    positions, then their changes by (batch, ord) range, so a read costs
+    O(limit) however large one transaction was or how far behind the reader is.
+    Use it through `relay.logreader.LogReader`, which turns a pruned range
+    into `Pruned`.
     """
-    rows = await conn.fetch(_BATCHES, after, upto, limit)
-    pruned = int(rows[0][0]) if rows else 0
-    batches = [(r[1], r[2], r[3]) for r in rows if r[1] is not None]
-    ids: list[int] = []
-    covered = 0  # positions of committed batches in (after, end]
-    end = after
-    more = len(batches) == limit
-    for i, (batch_id, base, last) in enumerate(batches):
-        lo, hi = max(base, after + 1), min(last, upto)
-        if hi < lo:
-            continue
-        ids.append(batch_id)
-        take = min(hi - lo + 1, limit - covered)
-        covered += take
-        end = lo + take - 1
-        if covered == limit:
-            more = more or end < hi or i < len(batches) - 1
-            break
-    if not ids:
-        return Page([], after, False, pruned, 0)
     if tables is None and topics is None:
-        rows = await conn.fetch(_READ_ALL, ids, after, end)
+        rows = await conn.fetch(_PAGE_ALL, after, upto, limit)
     else:
         rows = await conn.fetch(
-            _READ_SOME,
-            ids,
+            _PAGE_SOME,
             after,
-            end,
+            upto,
+            limit,
             [f"{s}.{t}" for s, t in tables or ()],
             list(topics or ()),
         )
-    return Page([_to_change(r) for r in rows], end, more, pruned, covered)
+    first = rows[0]
+    pruned = int(first[0] or 0)
+    end, covered, more = int(first[1]), int(first[2]), bool(first[3])
+    changes = [_to_change(r) for r in rows if r[4] is not None]
+    return Page(changes, end, more, pruned, covered)
 
 
 BLOCK = 16384  # positions per block; a batch's positions lie in one block (sql/002)

@@ -8,12 +8,21 @@ Invariants: the same subscriptions, visibility and payload bytes as
 is cacheable (varying by Authorization and Cookie), while a page that
 reached the head is `no-store`; a waiting poll answers by its token's `exp`
 at the latest (with what it has, possibly an empty page).
+
+A waiting poll reads the log only to catch up to the head it started at:
+then it is registered in the hub (`Hub.register_poll`, the hub's own
+routing) and answers from the frames the hub queues for it, so commits it
+cannot see cost it nothing. It reads the log again only when those frames
+are not an exact answer (more than its bounds arrived at once, or a
+RESYNC_REQUIRED), from the last position it holds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections import Counter
+from contextlib import aclosing
 
 import asyncpg
 import orjson
@@ -21,7 +30,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relay import logdb
-from relay.hub import Hub
+from relay.hub import Hub, Subscriber
+from relay.logreader import LONGPOLL, LogReader, Pruned
 from relay.matching import Matcher
 from relay.principal import Principal
 from relay.subscriptions import RequestError, SubscriptionSet
@@ -30,10 +40,6 @@ MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 MAX_WAIT = 30.0
 MAX_POSITION = 2**63 - 1
-
-
-class Pruned(Exception):
-    """The page's range was pruned while it was read."""
 
 
 def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -84,6 +90,8 @@ async def changes_page(
     principal: Principal,
     subs: SubscriptionSet,
     read_batch: int,
+    max_bytes: int = 8 * 1024 * 1024,
+    reads: Counter[str] | None = None,
 ) -> Response:
     limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     wait = _wait_param(request)
@@ -95,26 +103,29 @@ async def changes_page(
     if after < oldest or after > head:
         return _resync(head, oldest, "retention" if after < oldest else "ahead")
     matcher = Matcher(principal, subs)
-    tables = sorted(subs.tables)
-    topics = list(subs.topics)
-    deadline = time.monotonic() + wait
-    position = after
-    while True:
+    reader = LogReader(pool, batch=read_batch, kind=LONGPOLL, reads=reads)
+    scan = _Scanner(reader, matcher, sorted(subs.tables), list(subs.topics))
+    # read only up to a settled head (the newer of ours and the listener's)
+    readto = max(head, hub.position)
+    if wait <= 0 or hub.closing:
         try:
-            # read only up to a settled head (the newer of ours and the listener's)
-            head = max(head, hub.position)
-            events, position, more = await _scan(
-                pool, matcher, position, head, limit, read_batch, tables, topics
+            events, position, more = await scan(after, readto, limit)
+        except Pruned as exc:
+            return _resync(readto, exc.oldest, "retention")
+    else:
+        # Registered before anything is read: the hub queues what it publishes above
+        # `readto` for this poll, the log is read only up to `readto`.
+        sub = hub.register_poll(
+            principal, subs, max_events=limit, max_bytes=max_bytes, skip_through=readto
+        )
+        try:
+            events, position, more = await _wait(
+                hub, sub, scan, after, readto, limit, time.monotonic() + wait
             )
         except Pruned as exc:
-            return _resync(head, int(exc.args[0]), "retention")
-        if not more:
-            position = max(position, head)  # everything up to head was scanned
-        left = deadline - time.monotonic()
-        if events or left <= 0:
-            break
-        if not await hub.wait_beyond(hub.position, left):
-            break
+            return _resync(max(readto, hub.position), exc.oldest, "retention")
+        finally:
+            hub.unsubscribe(sub)
     body = (
         b'{"events":['
         + b",".join(events)
@@ -142,33 +153,89 @@ def _resync(head: int, oldest: int, reason: str) -> Response:
     )
 
 
-async def _scan(
-    pool: asyncpg.Pool,
-    matcher: Matcher,
+class _Scanner:
+    """Reads matching events from the log (the only place a long-poll reads it)."""
+
+    def __init__(
+        self,
+        reader: LogReader,
+        matcher: Matcher,
+        tables: list[tuple[str, str]],
+        topics: list[str],
+    ) -> None:
+        self.reader = reader
+        self.matcher = matcher
+        self.tables = tables
+        self.topics = topics
+
+    async def __call__(self, after: int, upto: int, limit: int) -> tuple[list[bytes], int, bool]:
+        """Matching events after `after`: (events, last position scanned, cut at limit)."""
+        events: list[bytes] = []
+        position = after
+        pages = self.reader.pages(after, upto, tables=self.tables, topics=self.topics)
+        async with aclosing(pages):
+            async for page in pages:
+                for ch in page.changes:
+                    frame = self.matcher.route(ch)
+                    if frame is not None:
+                        events.append(_event_json(frame))
+                        if len(events) == limit:
+                            return events, ch.position, True
+                position = page.scanned_to
+        return events, max(position, upto), False
+
+
+def _frame_position(frame: bytes) -> int | None:
+    """The `id:` of an SSE frame (None for system frames and comments)."""
+    if not frame.startswith(b"id: "):
+        return None
+    return int(frame[4 : frame.index(b"\n")])
+
+
+async def _wait(
+    hub: Hub,
+    sub: Subscriber,
+    scan: _Scanner,
     after: int,
-    upto: int,
+    readto: int,
     limit: int,
-    read_batch: int,
-    tables: list[tuple[str, str]],
-    topics: list[str],
+    deadline: float,
 ) -> tuple[list[bytes], int, bool]:
-    """Matching events after `after`: (events, last position scanned, cut at limit)."""
+    """A waiting poll: catch up from the log to `readto`, then answer from what the hub
+    queues for `sub` (the log is read again only when the hub's frames are not an
+    exact answer: some were dropped at the poll's bounds, or a RESYNC came)."""
     events: list[bytes] = []
-    position = after
+    cursor = after
+    if cursor < readto:
+        events, cursor, more = await scan(cursor, readto, limit)
+        if more:
+            return events, cursor, True
+    cursor = max(cursor, readto)
     while True:
-        async with pool.acquire() as conn:
-            page = await logdb.read_changes(
-                conn, position, upto=upto, limit=read_batch, tables=tables, topics=topics
-            )
-            gone = await logdb.pruned_through(conn)
-            if gone > position:
-                raise Pruned(gone)
-        for ch in page.changes:
-            frame = matcher.route(ch)
-            if frame is not None:
-                events.append(_event_json(frame))
-                if len(events) == limit:
-                    return events, ch.position, True
-        position = max(position, page.scanned_to if page.more else upto)
-        if not page.more:
-            return events, position, False
+        frames, dropped = sub.take()
+        exact = not dropped
+        if sub.closed:  # shutdown: what was queued was replaced by the closing frame
+            return events, cursor, False
+        for frame in frames:
+            pos = _frame_position(frame)
+            if pos is None:  # RESYNC_REQUIRED (pruned before read): ask the log
+                exact = False
+                break
+            if pos <= cursor:
+                continue
+            events.append(_event_json(frame))
+            cursor = pos
+            if len(events) == limit:
+                return events, cursor, True
+        if exact:
+            # every frame for (cursor, hub.position] was queued: all were taken above
+            cursor = max(cursor, hub.position)
+        else:
+            found, cursor, more = await scan(cursor, max(cursor, hub.position), limit - len(events))
+            events += found
+            if more:
+                return events, cursor, True
+        left = deadline - time.monotonic()
+        if events or left <= 0:
+            return events, cursor, False
+        await sub.ready(left)

@@ -32,6 +32,8 @@ class StreamStats:
     replayed: int = 0
     opened: int = 0
     disconnects: Counter[str] = field(default_factory=Counter)
+    # log reads (one SQL statement each) by reader: listener, stream, longpoll, floors
+    log_reads: Counter[str] = field(default_factory=Counter)
 
 
 class RelayCollector(Collector):
@@ -66,6 +68,12 @@ class RelayCollector(Collector):
         c = CounterMetricFamily("relay_disconnects", "streams ended, by reason", labels=["reason"])
         for reason in ("client", "TOO_SLOW", "TOKEN_EXPIRED", "SHUTDOWN", "error"):
             c.add_metric([reason], st.disconnects.get(reason, 0))
+        yield c
+        c = CounterMetricFamily(
+            "relay_log_reads", "pages read from the log, by reader", labels=["reader"]
+        )
+        for reader in ("listener", "stream", "longpoll", "floors"):
+            c.add_metric([reader], st.log_reads.get(reader, 0))
         yield c
         head = r.last_head
         read = lst.position or 0

@@ -26,7 +26,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from relay.app import Relay
 from relay.hub import SHUTDOWN
-from relay.stream import TRANSPORT_KEY
+from relay.stream import DRAIN_KEY, TRANSPORT_KEY
 
 log = logging.getLogger("relay.server")
 
@@ -56,6 +56,7 @@ class TransportExposingProtocol(HttpToolsProtocol):
 
     header_timeout: float = 5.0
     max_connections: int = 10_000
+    send_buffer = 0  # SO_SNDBUF of each connection; 0: the kernel's (autotuned) default
     _head_timer: asyncio.TimerHandle | None = None
     _head_begun = False  # some bytes of the pending head arrived
 
@@ -73,6 +74,12 @@ class TransportExposingProtocol(HttpToolsProtocol):
             # unacknowledged data instead of the kernel's ~15 minutes of retries
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 30_000)
+        if sock is not None and self.send_buffer > 0:
+            # what the kernel buffers for a peer that stopped reading (autotuned, up to
+            # tcp_wmem's max, 4 MB by default): the relay copies that much to each one
+            # before its transport even reports it as slow
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
         self._arm_head_timer()
 
     def _arm_head_timer(self) -> None:
@@ -106,6 +113,7 @@ class TransportExposingProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         extensions = cast(dict[str, Any], self.scope.setdefault("extensions", {}))
         extensions[TRANSPORT_KEY] = self.transport
+        extensions[DRAIN_KEY] = self.flow.drain  # returns once the transport takes writes
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
@@ -123,12 +131,18 @@ def connection_limit(wanted: int, reserve: int = 64) -> int:
     return max(1, min(wanted, soft - reserve))
 
 
-def protocol_for(header_timeout: float, max_connections: int) -> type[TransportExposingProtocol]:
+def protocol_for(
+    header_timeout: float, max_connections: int, send_buffer: int = 0
+) -> type[TransportExposingProtocol]:
     """The protocol class with this process's bounds (uvicorn instantiates it)."""
     return type(
         "BoundedProtocol",
         (TransportExposingProtocol,),
-        {"header_timeout": header_timeout, "max_connections": max_connections},
+        {
+            "header_timeout": header_timeout,
+            "max_connections": max_connections,
+            "send_buffer": send_buffer,
+        },
     )
 
 
@@ -179,7 +193,7 @@ def make_server(relay: Relay, app: Any, host: str, port: int, **kw: Any) -> Serv
         log_config=None,
         lifespan="on",
         timeout_graceful_shutdown=int(relay.settings.shutdown_timeout_seconds),
-        http=protocol_for(s.header_timeout_seconds, limit),
+        http=protocol_for(s.header_timeout_seconds, limit, s.send_buffer_bytes),
         timeout_keep_alive=max(1, int(min(5.0, s.header_timeout_seconds))),
         **kw,
     )

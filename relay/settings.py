@@ -56,7 +56,17 @@ class Settings(BaseSettings):
         default=10_000, ge=1, description="per stream, events queued before TOO_SLOW"
     )
     max_outbox_bytes: int = Field(
-        default=8 * 1024 * 1024, ge=1024, description="per stream, bytes queued before TOO_SLOW"
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="per stream, bytes held (queued, being written, unsent in the connection) "
+        "before TOO_SLOW",
+    )
+    send_buffer_bytes: int = Field(
+        default=256 * 1024,
+        ge=0,
+        description="SO_SNDBUF of each client connection (Linux doubles it; 0: the kernel's "
+        "autotuned default, up to 4 MB): what the kernel buffers for a reader that stopped "
+        "reading, and so what the relay copies to it before it counts as slow",
     )
     close_grace_seconds: float = Field(
         default=5.0, gt=0, description="a server-closed stream that has not drained is cut"

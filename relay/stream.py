@@ -11,7 +11,13 @@ Invariants:
   the seam has no gap and no duplicate. If the outbox overflows during a long
   replay, the dropped live frames are re-read from the log instead.
 - One task per stream writes (plus one that only waits for the client to
-  go away); frames queued while a write is in progress go out together.
+  go away); frames queued while a write is in progress go out together, in
+  writes of about WRITE_CHUNK bytes: a reader that stopped reading holds one
+  such write, never a private copy of its whole outbox.
+- What the connection holds unsent counts against the outbox's max_bytes
+  (`Subscriber.unsent`), so a reader that stops reading reaches TOO_SLOW at a
+  bound that does not depend on how much it missed, and is cut `close_grace`
+  seconds later if it does not drain the closing frame.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 import asyncpg
@@ -28,6 +35,7 @@ from starlette.types import Message, Receive, Scope, Send
 from relay import logdb
 from relay.changes import system_frame
 from relay.hub import CLIENT, Hub, Subscriber
+from relay.logreader import STREAM, LogReader, Pruned
 from relay.metrics import StreamStats
 from relay.principal import Principal
 from relay.snapshot import Snapshot, resume_marker, stream_snapshot
@@ -38,10 +46,20 @@ log = logging.getLogger("relay.stream")
 # The ASGI scope extension where the server puts the connection's transport
 # (relay.server.TransportExposingProtocol); absent under other servers.
 TRANSPORT_KEY = "relay.transport"
+# ... and an awaitable that returns once the transport takes writes again (uvicorn's
+# flow control): the writer waits on it *before* taking frames from the outbox, so
+# what a stalled reader holds stays in its outbox (shared frames), not in a private
+# write waiting for the peer.
+DRAIN_KEY = "relay.drain"
 
 # Direct writes stop when this much is already waiting in the connection's buffer
 # (then the writer task takes over and waits for the client to drain it).
 DIRECT_WRITE_LIMIT = 64 * 1024
+
+# At most about this many bytes are joined into one write: a reader that stopped
+# reading holds one such write (plus what its connection buffers, which counts
+# against its outbox's max_bytes), never a copy of everything it missed.
+WRITE_CHUNK = 64 * 1024
 
 HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -125,6 +143,7 @@ class EventStream:
         self.stats.opened += 1
         abort_timer: list[asyncio.TimerHandle] = []
         transport = scope.get("extensions", {}).get(TRANSPORT_KEY)
+        drain = scope.get("extensions", {}).get(DRAIN_KEY)
         if scope.get("method") != "GET" or scope.get("http_version") != "1.1":
             transport = None  # direct chunk writes only where uvicorn chunks the body
         if transport is not None:
@@ -136,6 +155,7 @@ class EventStream:
                 )
 
             sub.on_server_close = abort_later
+            sub.unsent = transport.get_write_buffer_size
         opened = time.monotonic()
         try:
             if not self.started:
@@ -147,7 +167,7 @@ class EventStream:
                     }
                 )
             try:
-                await self._run(sub, start, after, resync, send, transport)
+                await self._run(sub, start, after, resync, send, transport, drain)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 # The client reconnects (retry:) and resumes from its last id.
                 log.warning("stream ended by database error: %s", type(exc).__name__)
@@ -194,9 +214,18 @@ class EventStream:
         return last, None
 
     async def _send(self, send: Send, frames: list[bytes]) -> None:
-        body = b"".join(frames)
-        self.stats.bytes_sent += len(body)
-        await send({"type": "http.response.body", "body": body, "more_body": True})
+        """Frames as writes of about WRITE_CHUNK bytes each (each awaited: the server
+        waits for the client to drain before it takes the next)."""
+        i, n = 0, len(frames)
+        while i < n:
+            j, size = i, 0
+            while j < n and (size < WRITE_CHUNK or j == i):
+                size += len(frames[j])
+                j += 1
+            body = frames[i] if j == i + 1 else b"".join(frames[i:j])
+            self.stats.bytes_sent += len(body)
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            i = j
 
     def _direct_writer(self, transport: Any) -> Callable[[list[bytes]], bool]:
         """Frames as one HTTP/1.1 chunk straight to the transport, when it has room.
@@ -208,6 +237,8 @@ class EventStream:
         def write(frames: list[bytes]) -> bool:
             if transport.is_closing() or transport.get_write_buffer_size() > DIRECT_WRITE_LIMIT:
                 return False
+            if len(frames) > 1 and sum(map(len, frames)) > WRITE_CHUNK:
+                return False  # the writer task sends it in bounded writes
             body = b"".join(frames)
             try:
                 transport.write(b"".join((b"%x\r\n" % len(body), body, b"\r\n")))
@@ -227,6 +258,7 @@ class EventStream:
         resync: dict[str, Any] | None,
         send: Send,
         transport: Any = None,
+        drain: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         hub = self.hub
         hello: dict[str, Any] = {
@@ -246,35 +278,32 @@ class EventStream:
         cursor, upto = after, start
         tables = sorted(self.subs.tables)
         topics = list(self.subs.topics)
+        reader = LogReader(
+            self.pool, batch=self.read_batch, kind=STREAM, reads=self.stats.log_reads
+        )
         while True:
-            while cursor < upto and not sub.closed:
-                async with self.pool.acquire() as conn:
-                    page = await logdb.read_changes(
-                        conn, cursor, upto=upto, limit=self.read_batch, tables=tables, topics=topics
-                    )
-                    gone = await logdb.pruned_through(conn)
-                if gone > cursor:  # pruned while replaying: these rows may be missing
-                    await self._send(
-                        send,
-                        [
-                            system_frame(
-                                {
-                                    "status": "RESYNC_REQUIRED",
-                                    "reason": "retention",
-                                    "oldest": gone + 1,
-                                    "position": upto,
-                                }
-                            )
-                        ],
-                    )
-                    cursor = upto
-                    continue
-                batch = [f for ch in page.changes if (f := sub.route(ch)) is not None]
-                if batch:
-                    self.sent += len(batch)
-                    self.stats.replayed += len(batch)
-                    await self._send(send, batch)
-                cursor = page.scanned_to if page.more else upto
+            try:
+                async with aclosing(
+                    reader.pages(cursor, upto, tables=tables, topics=topics)
+                ) as pages:
+                    async for page in pages:
+                        if sub.closed:
+                            break
+                        batch = [f for ch in page.changes if (f := sub.route(ch)) is not None]
+                        if batch:
+                            self.sent += len(batch)
+                            self.stats.replayed += len(batch)
+                            await self._send(send, batch)
+                        cursor = page.scanned_to
+            except Pruned as exc:  # pruned while replaying: these rows may be missing
+                resync = {
+                    "status": "RESYNC_REQUIRED",
+                    "reason": "retention",
+                    "oldest": exc.oldest + 1,
+                    "position": upto,
+                }
+                await self._send(send, [system_frame(resync)])
+                cursor = upto
             if sub.closed or not sub.take_overflow():
                 break
             cursor, upto = upto, hub.position  # live frames were dropped: read them instead
@@ -283,7 +312,9 @@ class EventStream:
             sub.direct = self._direct_writer(transport)
 
         while True:
-            frames, closed = await sub.wait()
+            if drain is not None and not sub.closed:
+                await drain()  # frames wait in the outbox until the connection takes them
+            frames, closed = await sub.wait(WRITE_CHUNK)
             if frames:
                 self.sent += len(frames)
                 await self._send(send, frames)

@@ -69,6 +69,26 @@ def dsn(pg_admin_dsn: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def private_dsn(pg_admin_dsn: str) -> Iterator[str]:
+    """A fresh migrated database for one test: for tests that prune the log, which
+    would take the shared session database's history from the tests after them."""
+    name = f"relay_private_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    url = with_dbname(pg_admin_dsn, name)
+    migrate(url)
+    try:
+        yield url
+    finally:
+        with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+            conn.execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s",
+                (name,),
+            )
+            conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture
 def db(dsn: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection, like a plain SQL service's."""
     with psycopg.connect(dsn, autocommit=True) as conn:

@@ -1,0 +1,106 @@
+"""A reader that stops reading costs bounded memory: cut at its outbox's byte bound,
+counting what its connection holds unsent, whatever it missed; others are unaffected."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from relay.hub import TOO_SLOW
+from relay.stream import WRITE_CHUNK
+from tests.conftest import RelayServer, start_relay
+
+MAX_BYTES = 256 * 1024
+ROW = 8000
+
+
+@pytest.fixture
+def bounded_relay(dsn: str) -> Iterator[RelayServer]:
+    srv = start_relay(dsn, max_outbox_bytes=MAX_BYTES, close_grace_seconds=0.5)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def stalled_client(url: str) -> socket.socket:
+    """Open a stream and never read (small receive buffer)."""
+    u = urlsplit(url)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect((u.hostname, u.port))
+    s.sendall(f"GET {u.path}?{u.query} HTTP/1.1\r\nHost: {u.netloc}\r\n\r\n".encode())
+    return s
+
+
+def wait_for(cond: Any, timeout: float = 20.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        time.sleep(0.01)
+
+
+def test_stalled_readers_are_cut_at_a_bounded_size(
+    bounded_relay: RelayServer, db: Any, make_table: Any
+) -> None:
+    t = make_table("id int primary key, org_id text, pad text")
+    hub = bounded_relay.relay.hub
+    url = bounded_relay.stream_url({"sub": t}, bounded_relay.service_token())
+    n = 12
+    stalled = [stalled_client(url) for _ in range(n)]
+    try:
+        wait_for(lambda: len(hub.subscribers) == n, what="stalled streams open")
+        subs = list(hub.subscribers)
+        with bounded_relay.open({"sub": t}) as good:
+            rows = 400  # 3.2 MB: over twelve times each stalled reader's bound
+            got = []
+            for i in range(0, rows, 10):
+                db.execute(
+                    f"insert into {t} select g, 'o', repeat('x', {ROW}) "
+                    f"from generate_series({i + 1}, {i + 10}) g"
+                )
+                # the healthy reader keeps up (its own bound is the same as theirs)
+                got += good.take(10, timeout=20)
+                # what the relay holds for each stalled reader stays bounded at every moment
+                assert all(s.held() <= MAX_BYTES + 2 * ROW for s in subs)
+            assert [e.data["new"]["id"] for e in got] == list(range(1, rows + 1))
+            wait_for(lambda: all(s.closed for s in subs), what="stalled readers closed")
+            assert {s.close_reason for s in subs} == {TOO_SLOW}
+            # never more than the bound (plus the frame that crossed it) at any push
+            assert max(s.peak_held for s in subs) <= MAX_BYTES + 2 * ROW
+            # and each stalled reader was really holding data when it was cut
+            assert min(s.peak_held for s in subs) > WRITE_CHUNK
+            wait_for(lambda: len(hub.subscribers) == 1, what="stalled streams gone")
+            assert hub.held_bytes() <= MAX_BYTES + 2 * ROW
+        # each stalled connection was cut by the server (EOF, or reset after the grace)
+        for s in stalled:
+            s.settimeout(10)
+            try:
+                while s.recv(65536):
+                    pass
+            except ConnectionResetError:
+                pass
+    finally:
+        for s in stalled:
+            s.close()
+
+
+def test_connections_have_a_bounded_kernel_send_buffer(
+    bounded_relay: RelayServer, make_table: Any
+) -> None:
+    """The kernel holds at most about 2 x RELAY_SEND_BUFFER_BYTES for a reader, not 4 MB."""
+    t = make_table("id int primary key, org_id text")
+    hub = bounded_relay.relay.hub
+    with bounded_relay.open({"sub": t}):
+        (sub,) = hub.subscribers
+        assert sub.unsent is not None
+        transport = sub.unsent.__self__  # type: ignore[attr-defined]
+        sock = transport.get_extra_info("socket")
+        size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        want = bounded_relay.relay.settings.send_buffer_bytes
+        assert want > 0 and want <= size <= 2 * want

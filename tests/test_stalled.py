@@ -104,3 +104,76 @@ def test_connections_have_a_bounded_kernel_send_buffer(
         size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         want = bounded_relay.relay.settings.send_buffer_bytes
         assert want > 0 and want <= size <= 2 * want
+
+
+def received_ids(sock: socket.socket) -> list[int]:
+    """The `id:`s of the complete postgres_changes events a cut connection received
+    (its HTTP/1.1 chunked body de-chunked; a torn last chunk or event is ignored)."""
+    sock.settimeout(10)
+    raw = b""
+    try:
+        while chunk := sock.recv(65536):
+            raw += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b" 200 " in head.split(b"\r\n", 1)[0], head[:100]
+    data = b""
+    while body:
+        size_line, sep, rest = body.partition(b"\r\n")
+        if not sep:
+            break
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if size == 0 or len(rest) < size + 2:
+            data += rest[:size]  # a torn chunk: keep what arrived, events are cut below
+            break
+        data += rest[:size]
+        body = rest[size + 2 :]
+    ids = []
+    for event in data.split(b"\n\n")[:-1]:  # the last piece is incomplete (or empty)
+        lines = event.split(b"\n")
+        if lines[0].startswith(b"id: ") and b"event: postgres_changes" in lines:
+            ids.append(int(lines[0][4:]))
+    return ids
+
+
+def test_a_cut_stalled_reader_resumes_with_exactly_what_it_missed(
+    bounded_relay: RelayServer, db: Any, make_table: Any
+) -> None:
+    t = make_table("id int primary key, org_id text, pad text")
+    hub = bounded_relay.relay.hub
+    url = bounded_relay.stream_url({"sub": t}, bounded_relay.service_token())
+    stalled = [stalled_client(url) for _ in range(3)]
+    try:
+        wait_for(lambda: len(hub.subscribers) == 3, what="stalled streams open")
+        subs = list(hub.subscribers)
+        rows = 200  # 1.6 MB: several times each reader's bound
+        for i in range(0, rows, 10):
+            db.execute(
+                f"insert into {t} select g, 'o', repeat('x', {ROW}) "
+                f"from generate_series({i + 1}, {i + 10}) g"
+            )
+        wait_for(lambda: all(s.closed for s in subs), what="stalled readers cut")
+        committed = [r[0] for r in db.execute(f"select id from {t} order by id").fetchall()]
+        assert committed == list(range(1, rows + 1))
+        for k, sock in enumerate(stalled):
+            seen = received_ids(sock)
+            assert seen == sorted(set(seen))  # in order, none twice
+            assert len(seen) < rows  # it was cut before the end: it missed something
+            last = seen[-1] if seen else None
+            headers = {"Last-Event-ID": str(last)} if last is not None else {}
+            params = {"sub": t} if last is not None else {"sub": t, "last_event_id": "0"}
+            # committed so far, in commit order: the rows, then earlier readers' markers
+            ids = [r[0] for r in db.execute(f"select id from {t} order by id").fetchall()]
+            with bounded_relay.open(params, headers=headers) as again:
+                missed = ids[len(seen) :]
+                got = again.take(len(missed), timeout=30, event="postgres_changes")
+                assert [e.data["new"]["id"] for e in got] == missed
+                assert last is None or all(e.id is not None and e.id > last for e in got)
+                marker = rows + 100 + k  # then live, with nothing in between
+                db.execute(f"insert into {t} values ({marker}, 'o', '')")
+                (live,) = again.take(1, timeout=20, event="postgres_changes")
+                assert live.data["new"]["id"] == marker
+    finally:
+        for s in stalled:
+            s.close()

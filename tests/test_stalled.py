@@ -7,13 +7,13 @@ import socket
 import time
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
 from relay.hub import TOO_SLOW
 from relay.stream import WRITE_CHUNK
 from tests.conftest import RelayServer, start_relay
+from tests.test_slow import stalled_client
 
 MAX_BYTES = 256 * 1024
 ROW = 8000
@@ -26,16 +26,6 @@ def bounded_relay(dsn: str) -> Iterator[RelayServer]:
         yield srv
     finally:
         srv.stop()
-
-
-def stalled_client(url: str) -> socket.socket:
-    """Open a stream and never read (small receive buffer)."""
-    u = urlsplit(url)
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect((u.hostname, u.port))
-    s.sendall(f"GET {u.path}?{u.query} HTTP/1.1\r\nHost: {u.netloc}\r\n\r\n".encode())
-    return s
 
 
 def wait_for(cond: Any, timeout: float = 20.0, what: str = "") -> None:

@@ -32,6 +32,19 @@ def stalled_client(url: str) -> socket.socket:
     return s
 
 
+def read_until_cut(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Everything a stalled connection received, read once the server has cut it
+    (EOF, or a reset); a connection still open after `timeout` fails the test."""
+    sock.settimeout(timeout)
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
 def test_stalled_clients_are_dropped_others_get_everything(
     small_relay: RelayServer, db: Any, make_table: Any
 ) -> None:
@@ -60,12 +73,7 @@ def test_stalled_clients_are_dropped_others_get_everything(
                 time.sleep(0.02)
         # each stalled connection was cut by the server (EOF or reset after its buffer)
         for s in stalled:
-            s.settimeout(10)
-            try:
-                while s.recv(65536):
-                    pass
-            except ConnectionResetError:
-                pass
+            read_until_cut(s)
     finally:
         for s in stalled:
             s.close()

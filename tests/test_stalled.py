@@ -13,7 +13,7 @@ import pytest
 from relay.hub import TOO_SLOW
 from relay.stream import WRITE_CHUNK
 from tests.conftest import RelayServer, start_relay
-from tests.test_slow import stalled_client
+from tests.test_slow import read_until_cut, stalled_client
 
 MAX_BYTES = 256 * 1024
 ROW = 8000
@@ -69,12 +69,7 @@ def test_stalled_readers_are_cut_at_a_bounded_size(
             assert hub.held_bytes() <= MAX_BYTES + 2 * ROW
         # each stalled connection was cut by the server (EOF, or reset after the grace)
         for s in stalled:
-            s.settimeout(10)
-            try:
-                while s.recv(65536):
-                    pass
-            except ConnectionResetError:
-                pass
+            read_until_cut(s)
     finally:
         for s in stalled:
             s.close()
@@ -99,13 +94,7 @@ def test_connections_have_a_bounded_kernel_send_buffer(
 def received_ids(sock: socket.socket) -> list[int]:
     """The `id:`s of the complete postgres_changes events a cut connection received
     (its HTTP/1.1 chunked body de-chunked; a torn last chunk or event is ignored)."""
-    sock.settimeout(10)
-    raw = b""
-    try:
-        while chunk := sock.recv(65536):
-            raw += chunk
-    except (ConnectionResetError, TimeoutError):
-        pass
+    raw = read_until_cut(sock)
     head, _, body = raw.partition(b"\r\n\r\n")
     assert b" 200 " in head.split(b"\r\n", 1)[0], head[:100]
     data = b""

@@ -183,11 +183,14 @@ def test_token_expiry_closes_and_fresh_token_resumes(
     relay_server: RelayServer, db: Any, tables: dict[str, str]
 ) -> None:
     t = tables["org"]
-    short = relay_server.token(sub="uA", org_id="A", ttl=2.5)
+    # long enough that the row arrives before the close even on a loaded 2-core CI
+    # machine (exp is whole seconds and the relay closes a second early)
+    short = relay_server.token(sub="uA", org_id="A", ttl=6)
     with relay_server.open({"sub": t}, short) as c:
         db.execute(f"insert into {t} values (1, 'A', 'a1')")
         (first,) = c.take(1)
-        expired = c.next(timeout=10)
+        assert first.event == "postgres_changes" and first.data["new"]["id"] == 1, first
+        expired = c.next(timeout=15)
         assert expired.event == "system" and expired.data["status"] == "TOKEN_EXPIRED"
         assert c.closed.wait(10)
     db.execute(f"insert into {t} values (2, 'A', 'a2')")  # written while disconnected
